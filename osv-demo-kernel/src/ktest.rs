@@ -1,0 +1,56 @@
+//! The in-kernel test runner: one line per test, then `N passed, N failed`.
+
+use alloc::string::String;
+use osv_boot::{println, BootInfo};
+
+/// What a test returns: `Err` carries the reason.
+pub type Outcome = Result<(), String>;
+
+/// One in-kernel test.
+pub struct Test {
+    pub name: &'static str,
+    pub run: fn(&'static BootInfo) -> Outcome,
+}
+
+/// Fails the test with a formatted reason unless `cond` holds.
+#[macro_export]
+macro_rules! check {
+    ($cond:expr) => {
+        if !$cond {
+            return Err(alloc::format!("check failed: {} ({}:{})", stringify!($cond), file!(), line!()));
+        }
+    };
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(alloc::format!("check failed: {}: {} ({}:{})",
+                stringify!($cond), alloc::format!($($fmt)+), file!(), line!()));
+        }
+    };
+}
+
+/// Runs the selected tests; `true` when none failed (and at least one ran).
+pub fn run(boot: &'static BootInfo) -> bool {
+    let filter = boot.cmdline.value("tests");
+    let selected = |name: &str| filter.is_none_or(|f| f.split(',').any(|p| name.contains(p)));
+    let extra: &[Test] =
+        if boot.cmdline.has_flag("test.fail") { crate::tests::DELIBERATE_FAILURE } else { &[] };
+    let (mut passed, mut failed) = (0u32, 0u32);
+    println!("running in-kernel tests");
+    for t in crate::tests::ALL.iter().chain(extra).filter(|t| selected(t.name)) {
+        let start = osv_boot::rt::now_ns();
+        let r = (t.run)(boot);
+        let us = (osv_boot::rt::now_ns() - start) / 1000;
+        match r {
+            Ok(()) => {
+                passed += 1;
+                println!("test {} ... ok ({} us)", t.name, us);
+            }
+            Err(why) => {
+                failed += 1;
+                println!("test {} ... FAILED: {}", t.name, why);
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    failed == 0 && passed > 0
+}

@@ -1,0 +1,256 @@
+//! The in-kernel tests: what can only be checked on the (virtual) machine.
+
+use crate::check;
+use crate::ktest::{Outcome, Test};
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use osv_boot::rt::{self, probe};
+use osv_boot::trap::{vector, TrapFrame};
+use osv_boot::{arch, BootInfo};
+
+pub static ALL: &[Test] = &[
+    Test { name: "exceptions::breakpoint_is_caught_and_resumed", run: breakpoint },
+    Test { name: "exceptions::page_fault_is_caught_and_reported", run: page_fault },
+    Test { name: "exceptions::general_protection_is_caught", run: general_protection },
+    Test { name: "heap::alloc_and_free", run: heap_alloc_free },
+    Test { name: "heap::exhaustion_is_an_error", run: heap_exhaustion },
+    Test { name: "memmap::sane", run: memmap_sane },
+    Test { name: "memmap::usable_ram_is_readable_and_writable", run: memmap_usable },
+    Test { name: "time::tsc_advances", run: tsc_advances },
+    Test { name: "time::calibration_is_plausible", run: calibration },
+    Test { name: "time::lapic_oneshot_fires_after_deadline", run: lapic_oneshot },
+    Test { name: "boot::sse_state_survives_interrupts", run: sse_survives_interrupts },
+];
+
+/// Added by `test.fail` on the command line.
+pub static DELIBERATE_FAILURE: &[Test] =
+    &[Test { name: "ktest::deliberate_failure", run: deliberate_failure }];
+
+fn deliberate_failure(_: &'static BootInfo) -> Outcome {
+    check!(1 + 1 == 3, "this test fails on purpose (test.fail)");
+    Ok(())
+}
+
+fn breakpoint(_: &'static BootInfo) -> Outcome {
+    let (before, _) = rt::trap::breakpoints();
+    let after_int3: u64;
+    // SAFETY: `int3` traps to the breakpoint handler, which records the
+    // return RIP and resumes at the next instruction; no state is changed.
+    unsafe { core::arch::asm!("lea {0}, [rip + 2f]", "int3", "2:", out(reg) after_int3) };
+    let (after, rip) = rt::trap::breakpoints();
+    check!(after == before + 1, "breakpoint count {before} -> {after}");
+    check!(rip == after_int3, "handler saw rip {rip:#x}, the int3 ends at {after_int3:#x}");
+    Ok(())
+}
+
+fn page_fault(_: &'static BootInfo) -> Outcome {
+    // 8 GiB: outside the boot identity map (0-4 GiB).
+    let addr = 0x2_0000_0000u64;
+    // SAFETY: a plain read; the fault is expected and caught.
+    let r = unsafe { probe::read_u64(addr) };
+    match r {
+        Err(probe::Fault::Page { addr: a, code }) => {
+            check!(a == addr, "cr2 {a:#x}, expected {addr:#x}");
+            check!(!code.present() && !code.write() && !code.fetch(), "error code {code}");
+        }
+        other => return Err(alloc::format!("expected a page fault, got {other:?}")),
+    }
+    // A write fault reports the write bit.
+    // SAFETY: the target is unmapped, so nothing is written; the fault is caught.
+    match unsafe { probe::write_u64(addr + 8, 1) } {
+        Err(probe::Fault::Page { addr: a, code }) => {
+            check!(a == addr + 8 && code.write(), "write fault at {a:#x}: {code}");
+        }
+        other => return Err(alloc::format!("expected a write page fault, got {other:?}")),
+    }
+    // And a mapped address still reads fine afterwards.
+    let x = 0x5a5a_1234_u64;
+    // SAFETY: reading a live local.
+    let v = unsafe { probe::read_u64(&raw const x as u64) };
+    check!(v == Ok(x), "{v:?}");
+    Ok(())
+}
+
+fn general_protection(_: &'static BootInfo) -> Outcome {
+    // SAFETY: a read of a non-canonical address faults (#GP) and is caught.
+    let r = unsafe { probe::read_u64(0x8000_0000_0000_0000) };
+    check!(r == Err(probe::Fault::Other { vector: vector::GENERAL_PROTECTION, error_code: 0 }), "{r:?}");
+    Ok(())
+}
+
+fn heap_alloc_free(_: &'static BootInfo) -> Outcome {
+    let base = crate::heap::used();
+    {
+        let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        check!(big.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        let mut m = BTreeMap::new();
+        for i in 0..10_000u32 {
+            m.insert(i.wrapping_mul(2_654_435_761), Box::new(i));
+        }
+        check!(m.len() == 10_000);
+        check!(m.values().map(|b| u64::from(**b)).sum::<u64>() == 49_995_000);
+        check!(crate::heap::used() >= base + (1 << 20));
+    }
+    let after = crate::heap::used();
+    check!(after == base, "heap use {base} before, {after} after freeing everything");
+    Ok(())
+}
+
+fn heap_exhaustion(_: &'static BootInfo) -> Outcome {
+    let (lo, hi) = *crate::heap::HEAP_RANGE.get().ok_or("heap not initialised")?;
+    let mut v: Vec<u8> = Vec::new();
+    // More than the whole heap: must be an error, not a panic or a hang.
+    let r = v.try_reserve_exact((hi - lo) as usize + 1);
+    check!(r.is_err(), "reserving more than the heap succeeded");
+    // And the heap still works.
+    let mut w = Vec::new();
+    check!(w.try_reserve(4096).is_ok());
+    w.push(1u8);
+    Ok(())
+}
+
+fn memmap_sane(boot: &'static BootInfo) -> Outcome {
+    let m = &boot.memory;
+    check!(!m.ranges().is_empty(), "no usable memory");
+    let mut prev_end = 0;
+    for r in m.ranges() {
+        check!(r.start() % 4096 == 0 && r.end() % 4096 == 0, "{r:?} not page-aligned");
+        check!(r.start() >= prev_end, "{r:?} overlaps or is out of order");
+        check!(r.start() >= 0x10_0000, "{r:?} is in the first MiB");
+        check!(!r.overlaps(boot.kernel), "{r:?} overlaps the kernel image {:?}", boot.kernel);
+        prev_end = r.end();
+    }
+    // QEMU's -m default is 128 MiB; the runner uses 256 MiB. Usable RAM is
+    // what the loader reported less the first MiB and the kernel.
+    check!(m.total() >= 64 << 20, "only {} KiB usable", m.total() >> 10);
+    check!(m.total() + boot.kernel.len() + (1 << 20) >= boot.ram_total, "memory lost");
+    check!(m.total() < boot.ram_total);
+    check!(boot.kernel.start() == 0x10_0000 && !boot.kernel.is_empty(), "{:?}", boot.kernel);
+    Ok(())
+}
+
+fn memmap_usable(boot: &'static BootInfo) -> Outcome {
+    let (heap_lo, heap_hi) = *crate::heap::HEAP_RANGE.get().ok_or("heap not initialised")?;
+    for r in boot.memory.ranges() {
+        // Touch the first and last word of each usable range below 4 GiB,
+        // outside the heap, and restore what was there.
+        for addr in [r.start(), r.end() - 8] {
+            if addr >= 1 << 32 || (heap_lo..heap_hi).contains(&addr) {
+                continue;
+            }
+            // SAFETY: usable RAM nobody owns yet (not the kernel, not the
+            // heap); the original value is written back.
+            let old = unsafe { probe::read_u64(addr) }.map_err(|f| alloc::format!("{addr:#x}: {f:?}"))?;
+            // SAFETY: as above.
+            unsafe { probe::write_u64(addr, !old) }.map_err(|f| alloc::format!("{addr:#x}: {f:?}"))?;
+            // SAFETY: as above.
+            let new = unsafe { probe::read_u64(addr) };
+            // SAFETY: as above.
+            unsafe { probe::write_u64(addr, old) }.map_err(|f| alloc::format!("{addr:#x}: {f:?}"))?;
+            check!(new == Ok(!old), "{addr:#x} did not keep a written value");
+        }
+    }
+    Ok(())
+}
+
+fn tsc_advances(_: &'static BootInfo) -> Outcome {
+    let mut prev = arch::rdtsc();
+    let first = prev;
+    for _ in 0..10_000 {
+        let now = arch::rdtsc();
+        check!(now >= prev, "TSC went backwards: {prev} -> {now}");
+        prev = now;
+    }
+    check!(prev > first, "TSC did not advance over 10000 reads");
+    let t0 = rt::now_ns();
+    let t1 = rt::now_ns();
+    check!(t1 >= t0);
+    Ok(())
+}
+
+fn calibration(boot: &'static BootInfo) -> Outcome {
+    let hz = boot.tsc.hz();
+    check!((100_000_000..20_000_000_000).contains(&hz), "TSC at {hz} Hz");
+    if rt::lapic().is_some() {
+        let l = boot.lapic_timer_hz;
+        check!((1_000_000..20_000_000_000).contains(&l), "LAPIC timer at {l} Hz");
+    }
+    Ok(())
+}
+
+static TIMER_FIRED: AtomicU64 = AtomicU64::new(0);
+static TIMER_FIRED_TSC: AtomicU64 = AtomicU64::new(0);
+const TIMER_VECTOR: u8 = 0x40;
+
+fn on_timer(_: &mut TrapFrame) {
+    TIMER_FIRED_TSC.store(arch::rdtsc(), Ordering::Relaxed);
+    TIMER_FIRED.fetch_add(1, Ordering::Relaxed);
+    if let Some(l) = rt::lapic() {
+        l.eoi();
+    }
+}
+
+fn lapic_oneshot(boot: &'static BootInfo) -> Outcome {
+    let lapic = rt::lapic().ok_or("no local APIC")?;
+    check!(rt::trap::set_handler(TIMER_VECTOR, on_timer));
+    let period_ns = 2_000_000u64; // 2 ms
+    let ticks = u32::try_from(u128::from(boot.lapic_timer_hz) * u128::from(period_ns) / 1_000_000_000)
+        .map_err(|_| "period does not fit the timer")?;
+    let before = TIMER_FIRED.load(Ordering::Relaxed);
+    let start = arch::rdtsc();
+    lapic.oneshot(TIMER_VECTOR, ticks);
+    let limit = boot.tsc.ns_to_ticks(1_000_000_000);
+    while TIMER_FIRED.load(Ordering::Relaxed) == before && arch::rdtsc() - start < limit {
+        // SAFETY: the IDT is loaded and the timer vector has a handler.
+        unsafe { arch::enable_and_halt() };
+    }
+    arch::cli();
+    rt::trap::clear_handler(TIMER_VECTOR);
+    let fired = TIMER_FIRED.load(Ordering::Relaxed) - before;
+    check!(fired == 1, "timer fired {fired} times in 1 s (one-shot)");
+    let elapsed = boot.tsc.ticks_to_ns(TIMER_FIRED_TSC.load(Ordering::Relaxed) - start);
+    // The timer may not fire early. Both clocks were calibrated against the
+    // PIT over a few ms; allow 5% for that calibration error.
+    check!(elapsed >= period_ns * 95 / 100, "fired after {elapsed} ns, armed for {period_ns} ns");
+    Ok(())
+}
+
+fn sse_survives_interrupts(boot: &'static BootInfo) -> Outcome {
+    // Keep values in SSE registers across timer interrupts whose handlers
+    // run Rust (which uses SSE): the entry path must save and restore them.
+    let lapic = rt::lapic().ok_or("no local APIC")?;
+    check!(rt::trap::set_handler(TIMER_VECTOR, on_timer));
+    let ticks = (boot.lapic_timer_hz / 10_000).max(1) as u32; // 100 us
+    let mut bad = 0u32;
+    for round in 0..20u64 {
+        let before = TIMER_FIRED.load(Ordering::Relaxed);
+        lapic.oneshot(TIMER_VECTOR, ticks);
+        let pattern = 0x0123_4567_89ab_cdef_u64 ^ round;
+        let out: u64;
+        // SAFETY: only xmm7 and a scratch register are used, both declared;
+        // `sti; hlt` waits for the timer, whose handler is installed.
+        unsafe {
+            core::arch::asm!(
+                "movq xmm7, {p}",
+                "sti",
+                "hlt",
+                "cli",
+                "movq {o}, xmm7",
+                p = in(reg) pattern,
+                o = out(reg) out,
+                out("xmm7") _,
+            );
+        }
+        if TIMER_FIRED.load(Ordering::Relaxed) == before {
+            continue; // woke for something else; nothing to judge
+        }
+        if out != pattern {
+            bad += 1;
+        }
+    }
+    rt::trap::clear_handler(TIMER_VECTOR);
+    check!(bad == 0, "xmm7 clobbered across {bad} interrupts");
+    Ok(())
+}
