@@ -80,7 +80,22 @@ pub fn cmd_test(mut args: Args) -> Result<(), String> {
         ]))?;
         Ok(String::new())
     });
-    stage("host-tests", &mut || run(cargo_cmd(&root).args(["test", "--workspace"])).map(|_| String::new()));
+    stage("host-tests", &mut || {
+        run(cargo_cmd(&root).args(["test", "--workspace"]))?;
+        // Host-only features (`std`, a `cli` tool) carry tests of their own,
+        // such as osv-zfs against OpenZFS's zdb.
+        let mut extra = Vec::new();
+        for lib in LIBRARIES {
+            let features = crate_features(&root, lib)?;
+            let wanted: Vec<&str> =
+                ["std", "cli"].into_iter().filter(|f| features.iter().any(|x| x == f)).collect();
+            if !wanted.is_empty() {
+                run(cargo_cmd(&root).args(["test", "-p", lib, "--features", &wanted.join(",")]))?;
+                extra.push(format!("{lib} [{}]", wanted.join(",")));
+            }
+        }
+        Ok(format!("also with host features: {}", extra.join(", ")))
+    });
     stage("loom", &mut || loom(&root));
     stage("no-std", &mut || no_std_check(&root));
     stage("package", &mut || {
@@ -127,6 +142,25 @@ pub fn cmd_test(mut args: Args) -> Result<(), String> {
     }
 }
 
+/// The names in a crate's `[features]` table.
+fn crate_features(root: &Path, lib: &str) -> Result<Vec<String>, String> {
+    let manifest = fs::read_to_string(root.join(lib).join("Cargo.toml")).map_err(|e| format!("{lib}: {e}"))?;
+    let mut in_features = false;
+    let mut out = Vec::new();
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_features = line == "[features]";
+        } else if in_features {
+            if let Some((name, _)) = line.split_once('=') {
+                if !name.trim().starts_with('#') {
+                    out.push(name.trim().to_string());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Every `tests/loom_*.rs` of every crate, under `--cfg loom`.
 fn loom(root: &Path) -> StageResult {
     let mut ran = Vec::new();
@@ -159,8 +193,7 @@ fn no_std_check(root: &Path) -> StageResult {
     let base = root.join("target").join("nostd-check");
     let mut checked = 0;
     for lib in LIBRARIES.iter().filter(|l| **l != "osv-boot") {
-        let manifest = fs::read_to_string(root.join(lib).join("Cargo.toml")).map_err(|e| e.to_string())?;
-        let has_alloc = manifest.lines().any(|l| l.trim_start().starts_with("alloc ="));
+        let has_alloc = crate_features(root, lib)?.iter().any(|f| f == "alloc");
         let mut variants = vec![("core", "")];
         if has_alloc {
             variants.push(("alloc", "\"alloc\""));
