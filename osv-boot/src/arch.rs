@@ -26,6 +26,18 @@ pub unsafe fn outl(port: u16, value: u32) {
     unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
 }
 
+/// Reads a 32-bit value from an I/O port.
+///
+/// # Safety
+/// As for [`outb`]: reading some ports has side effects.
+#[inline]
+pub unsafe fn inl(port: u16) -> u32 {
+    let v: u32;
+    // SAFETY: the caller upholds the contract of `outb`.
+    unsafe { asm!("in eax, dx", out("eax") v, in("dx") port, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
 /// Reads a byte from an I/O port.
 ///
 /// # Safety

@@ -3,8 +3,30 @@
 use alloc::string::String;
 use osv_boot::{println, BootInfo};
 
-/// What a test returns: `Err` carries the reason.
-pub type Outcome = Result<(), String>;
+/// Why a test did not pass.
+pub enum NotPassed {
+    /// It failed, for this reason.
+    Failed(String),
+    /// It could not run here (for example, QEMU was started without the
+    /// device it tests), for this reason. The runner passes `expect=...` on
+    /// the command line for what it provides, and those tests never skip.
+    Skipped(String),
+}
+
+impl From<String> for NotPassed {
+    fn from(s: String) -> Self {
+        Self::Failed(s)
+    }
+}
+
+impl From<&str> for NotPassed {
+    fn from(s: &str) -> Self {
+        Self::Failed(s.into())
+    }
+}
+
+/// What a test returns.
+pub type Outcome = Result<(), NotPassed>;
 
 /// One in-kernel test.
 pub struct Test {
@@ -17,13 +39,13 @@ pub struct Test {
 macro_rules! check {
     ($cond:expr) => {
         if !$cond {
-            return Err(alloc::format!("check failed: {} ({}:{})", stringify!($cond), file!(), line!()));
+            return Err(alloc::format!("check failed: {} ({}:{})", stringify!($cond), file!(), line!()).into());
         }
     };
     ($cond:expr, $($fmt:tt)+) => {
         if !$cond {
             return Err(alloc::format!("check failed: {}: {} ({}:{})",
-                stringify!($cond), alloc::format!($($fmt)+), file!(), line!()));
+                stringify!($cond), alloc::format!($($fmt)+), file!(), line!()).into());
         }
     };
 }
@@ -34,7 +56,7 @@ pub fn run(boot: &'static BootInfo) -> bool {
     let selected = |name: &str| filter.is_none_or(|f| f.split(',').any(|p| name.contains(p)));
     let extra: &[Test] =
         if boot.cmdline.has_flag("test.fail") { crate::tests::DELIBERATE_FAILURE } else { &[] };
-    let (mut passed, mut failed) = (0u32, 0u32);
+    let (mut passed, mut failed, mut skipped) = (0u32, 0u32, 0u32);
     println!("running in-kernel tests");
     for t in crate::tests::ALL.iter().chain(extra).filter(|t| selected(t.name)) {
         let start = osv_boot::rt::now_ns();
@@ -45,11 +67,18 @@ pub fn run(boot: &'static BootInfo) -> bool {
                 passed += 1;
                 println!("test {} ... ok ({} us)", t.name, us);
             }
-            Err(why) => {
+            Err(NotPassed::Failed(why)) => {
                 failed += 1;
                 println!("test {} ... FAILED: {}", t.name, why);
             }
+            Err(NotPassed::Skipped(why)) => {
+                skipped += 1;
+                println!("test {} ... skipped: {}", t.name, why);
+            }
         }
+    }
+    if skipped > 0 {
+        println!("{skipped} skipped");
     }
     println!("{passed} passed, {failed} failed");
     failed == 0 && passed > 0

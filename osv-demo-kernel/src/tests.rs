@@ -55,7 +55,7 @@ fn page_fault(_: &'static BootInfo) -> Outcome {
             check!(a == addr, "cr2 {a:#x}, expected {addr:#x}");
             check!(!code.present() && !code.write() && !code.fetch(), "error code {code}");
         }
-        other => return Err(alloc::format!("expected a page fault, got {other:?}")),
+        other => return Err(alloc::format!("expected a page fault, got {other:?}").into()),
     }
     // A write fault reports the write bit.
     // SAFETY: the target is unmapped, so nothing is written; the fault is caught.
@@ -63,7 +63,7 @@ fn page_fault(_: &'static BootInfo) -> Outcome {
         Err(probe::Fault::Page { addr: a, code }) => {
             check!(a == addr + 8 && code.write(), "write fault at {a:#x}: {code}");
         }
-        other => return Err(alloc::format!("expected a write page fault, got {other:?}")),
+        other => return Err(alloc::format!("expected a write page fault, got {other:?}").into()),
     }
     // And a mapped address still reads fine afterwards.
     let x = 0x5a5a_1234_u64;

@@ -4,22 +4,144 @@
 //! managed in layers, each usable on its own:
 //!
 //! 1. **Addresses** ([`PhysAddr`], [`VirtAddr`]): newtypes, never bare `u64`.
-//! 2. **Typed page tables** (`hw_ptep<L>` in OSv): the level is a type, so a
-//!    2 MiB entry cannot be written where a 4 KiB one belongs (issue #3).
-//! 3. **Page allocators and VMAs**: demand paging, huge pages, guard pages
-//!    (issue #3).
+//! 2. **Levels and entries** ([`level`], [`pte`]): the x86_64 page-table levels are types
+//!    ([`L0`] 4 KiB PTEs, [`L1`] page directory, [`L2`] PDPT, [`L3`] PML4), and
+//!    [`PtElement<L>`] is an entry value of that level (OSv's `pt_element<N>`).
+//! 3. **Live entries** ([`HwPtep<L>`], OSv's `hw_ptep<N>`, and [`PageTable<L>`]): atomic
+//!    read / write / compare-exchange on an entry the CPU may be walking, plus the two traits
+//!    through which the kernel lends memory: [`FrameAllocator`] and [`PhysMapper`].
+//! 4. **The walker** ([`Mapper`]): map, unmap, protect and translate any range, with 2 MiB
+//!    pages where alignment allows, splitting a large page a change covers only in part, and
+//!    freeing tables that become empty. Every change returns a [`MapperFlush`] for the
+//!    kernel's [`TlbFlush`].
+//! 5. **Page providers** ([`PageAllocator`], OSv's `page_allocator`): what fills an entry,
+//!    at level 0 or 1: [`AnonZero`] (zero-filled anonymous memory) and [`PhysRange`] (MMIO).
 //!
-//! Status: only the address layer exists today; the rest is tracked in issue #3.
+//! Still to come (issue #3): VMAs and the fault handler, the physical page allocator with
+//! per-CPU caches, malloc, guard pages.
+//!
+//! # Design
+//!
+//! - **Levels as types.** A 2 MiB entry can only be built as a `PtElement<L1>` and written
+//!   through a `HwPtep<L1>`; `huge()` and `huge_page()` exist only on [`HugeCapable`] levels
+//!   and `next_table()` only on [`HasLower`] ones. Mixing levels up, a classic page-table bug,
+//!   is a type error. OSv does the same with `hw_ptep<N>` templates.
+//! - **Flush tokens.** Forgetting a TLB invalidation gives no error, just stale translations
+//!   much later. So changes return a `#[must_use]` [`MapperFlush`] listing the ranges (or
+//!   "flush all" past a threshold); the kernel batches it into one shootdown via
+//!   [`TlbFlush`], or calls [`MapperFlush::ignore`] when the tables are not live.
+//! - **Hardware behind traits.** Frames, the physical map and the TLB are traits, so the
+//!   whole walker runs on the host against `fake::FakeMemory` (feature `std`), under
+//!   proptest, and the `HwPtep` race under loom (see [`sync`]).
+//! - **All or nothing.** An operation that fails (say out of frames) leaves every
+//!   translation as it was and leaks no frame.
+//!
+//! # Example
 //!
 //! ```
-//! use osv_mm::{PhysAddr, PAGE_SIZE};
+//! # #[cfg(feature = "std")] {
+//! use osv_mm::fake::FakeMemory;
+//! use osv_mm::{Flags, Mapper, PageSize, PhysAddr, VirtAddr, PAGE_SIZE};
 //!
-//! let a = PhysAddr::new(0x20_1234);
-//! assert_eq!(a.align_down(PAGE_SIZE), PhysAddr::new(0x20_1000));
-//! assert!(PhysAddr::new(0x20_0000).is_aligned(2 * 1024 * 1024));
+//! const MIB: u64 = 1 << 20;
+//! let mem = FakeMemory::new(64);
+//! let mut mapper = Mapper::new(&mem, &mem).unwrap();
+//!
+//! // 4 MiB at 0x4000_0000 -> 0x8000_0000: two 2 MiB pages, no L0 table needed.
+//! let va = VirtAddr::new(0x4000_0000);
+//! let end = VirtAddr::new(0x4000_0000 + 4 * MIB);
+//! mapper.map(va..end, PhysAddr::new(0x8000_0000), Flags::RW).unwrap().ignore();
+//! let (pa, flags, size) = mapper.translate(VirtAddr::new(0x4020_1234)).unwrap();
+//! assert_eq!((pa, flags, size), (PhysAddr::new(0x8020_1234), Flags::RW, PageSize::Size2M));
+//!
+//! // Read-only for one 4 KiB page: the 2 MiB page is split into 512 PTEs.
+//! let page = VirtAddr::new(0x4000_1000)..VirtAddr::new(0x4000_1000 + PAGE_SIZE);
+//! let flush = mapper.protect(page, Flags::READ).unwrap();
+//! assert!(!flush.is_empty()); // the kernel would call `flush.flush(&its_tlb)`
+//! flush.ignore();
+//! assert_eq!(mapper.translate(VirtAddr::new(0x4000_1000)).unwrap().2, PageSize::Size4K);
+//!
+//! // Unmap everything: the emptied tables go back, only the root stays.
+//! mapper.unmap(va..end).unwrap().ignore();
+//! assert_eq!(mapper.translate(va), None);
+//! assert_eq!(mem.in_use(), 1);
+//! # }
 //! ```
+//!
+//! # Features
+//!
+//! - `alloc`: APIs that need a heap (none yet).
+//! - `std`: host tools and tests: the `fake` module (host memory as frames).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod flush;
+pub mod hw;
+pub mod level;
+#[cfg(not(loom))]
+pub mod mapper;
+pub mod provider;
+pub mod pte;
+pub mod sync;
+
+#[cfg(all(any(test, feature = "std"), not(loom)))]
+pub mod fake;
+
+pub use flush::{MapperFlush, TlbFlush};
+pub use hw::{FrameAllocator, HwPtep, PageTable, PhysMapper};
+pub use level::{HasLower, HugeCapable, Level, PageSize, Size, Size1G, Size2M, Size4K, L0, L1, L2, L3};
+#[cfg(not(loom))]
+pub use mapper::Mapper;
+pub use provider::{AnonZero, PageAllocator, PhysRange};
+pub use pte::{AddressNotAligned, Flags, PtElement};
+
+/// What can go wrong in a page-table operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Error {
+    /// The frame allocator (or a page provider) ran dry. Nothing changed.
+    OutOfFrames,
+    /// An address or range end is not aligned to 4 KiB (or to what the entry needs).
+    NotAligned,
+    /// Some page of the range is already mapped. Nothing changed.
+    AlreadyMapped,
+    /// Some page of the range is not mapped. Nothing changed.
+    NotMapped,
+    /// The range is reversed, crosses the non-canonical hole, or the physical end is beyond
+    /// 52 bits.
+    InvalidRange,
+    /// The flags allow no access (x86_64 cannot map a page with no rights).
+    NoAccess,
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::OutOfFrames => "out of physical frames",
+            Self::NotAligned => "address not aligned",
+            Self::AlreadyMapped => "range already mapped",
+            Self::NotMapped => "range not mapped",
+            Self::InvalidRange => "invalid address range",
+            Self::NoAccess => "flags allow no access",
+        })
+    }
+}
+
+impl core::error::Error for Error {}
+
+impl From<AddressNotAligned> for Error {
+    fn from(_: AddressNotAligned) -> Self {
+        Self::NotAligned
+    }
+}
+
+/// The crate's result type.
+pub type Result<T = (), E = Error> = core::result::Result<T, E>;
 
 /// The size of a small (level-0) page: 4 KiB.
 pub const PAGE_SIZE: u64 = 4096;

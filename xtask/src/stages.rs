@@ -144,7 +144,8 @@ pub fn cmd_test(mut args: Args) -> Result<(), String> {
 
 /// The names in a crate's `[features]` table.
 fn crate_features(root: &Path, lib: &str) -> Result<Vec<String>, String> {
-    let manifest = fs::read_to_string(root.join(lib).join("Cargo.toml")).map_err(|e| format!("{lib}: {e}"))?;
+    let manifest =
+        fs::read_to_string(root.join(lib).join("Cargo.toml")).map_err(|e| format!("{lib}: {e}"))?;
     let mut in_features = false;
     let mut out = Vec::new();
     for line in manifest.lines().map(str::trim) {
