@@ -1,19 +1,123 @@
 //! A UNIX-style VFS for unikernels: vnodes with operation tables, mounts,
-//! path lookup and descriptors.
+//! path lookup, an open-file and descriptor table, and a ramfs.
 //!
-//! Filesystems (ramfs, devfs, procfs, ZFS, virtio-fs) plug in by filling a
-//! table of vnode operations, as in OSv's `struct vnops`. Status: only the
-//! error type exists today; the VFS is tracked in issue #5.
+//! # Layers
+//!
+//! ```text
+//!  Vfs (vfs.rs)          open/read/write/lseek/dup/stat/getdents/rename/...: the API apps use
+//!   ├─ descriptors       FdTable: fd -> Arc<File>; File = (mount, vnode, flags, offset)
+//!   ├─ namespace         mount table, path walk (namei), root switch (pivot_root)
+//!   ├─ dentry cache      (mount, dir ino, name) -> vnode, reference counted, evictable
+//!   └─ operation tables  VnodeOps / FsOps (ops.rs): what a filesystem implements
+//!        └─ ramfs        files (sparse), directories, symlinks, hard links
+//! ```
+//!
+//! The crate always needs a heap (`alloc`): names, directory maps, file data
+//! and the tables live there. The `alloc` feature is accepted but changes
+//! nothing; `std` adds [`StdClock`]. There is no global state: the kernel owns
+//! a [`Vfs`] value and passes it around (one process: the unikernel).
+//!
+//! # Why trait objects for the operation tables
+//!
+//! OSv's `struct vnops` is a table of function pointers plus a `void *v_data`
+//! the filesystem casts back. A Rust trait object *is* that table (the vtable)
+//! with the private data typed (`self`), so [`VnodeOps`] and [`FsOps`] are
+//! traits used as `Arc<dyn VnodeOps>`:
+//! - default methods give every optional operation a clear error (`ENOSYS`,
+//!   or the POSIX one such as `ENOTDIR` for `lookup` on a file, `ENOTTY` for
+//!   `ioctl`) with no per-filesystem boilerplate and no null pointers;
+//! - the vnode's life is the `Arc`'s: no manual `vref`/`vrele`, and a vnode
+//!   cannot be freed while a lookup, a cache entry or an open file holds it;
+//! - no `unsafe` casts of `v_data`: the one place that needs the concrete type
+//!   of a *second* vnode (`rename`, `link`) uses [`VnodeOps::as_any`].
+//!
+//! A static table of function pointers would save one pointer per vnode but
+//! needs `Any`-style downcasts on every call; dynamic dispatch costs the same
+//! indirect call as `VOP_*`.
+//!
+//! # Locking, and the lock order
+//!
+//! OSv holds the vnode lock for a whole read or write. Here:
+//! - **file data**: an `RwLock` per ramfs file. `read`/`pread` take it shared,
+//!   so reads of one file run concurrently; `write`/`truncate` take it
+//!   exclusively (writes to one file are serialised, writes to different files
+//!   are not). `O_APPEND` picks its offset under that exclusive lock.
+//! - **directories**: an `RwLock` per directory over its entries. Lookups and
+//!   `readdir` share it; `create`, `mkdir`, `unlink`, `rmdir`, `rename`,
+//!   `link`, `symlink` take only the directories they change.
+//! - **metadata** (permissions, link count, times): a small leaf mutex per
+//!   vnode. Reads do not update `atime` (`noatime`), so readers never write.
+//!
+//! Every path takes locks in this order, and never the other way:
+//!
+//! 1. VFS tables, each held briefly and never across a filesystem call: the
+//!    mount table (`RwLock`), the descriptor table (`Mutex`), the dentry cache
+//!    (`Mutex`), the cwd (`RwLock`).
+//! 2. A `File`'s offset mutex (read/write/lseek through a descriptor; `pread`
+//!    and `pwrite` skip it).
+//! 3. Inside the filesystem: the per-filesystem rename mutex (only for a
+//!    rename between two different directories, as Linux's
+//!    `s_vfs_rename_mutex`: it keeps the tree shape still while checking that
+//!    a directory is not moved under itself).
+//! 4. Directory locks, **in ascending inode number** when more than one is
+//!    needed (rename: source dir, target dir, a replaced directory; rmdir:
+//!    parent and victim). A vnode's inode number never changes, so the order
+//!    is stable and two operations cannot wait on each other in a cycle. A
+//!    directory operation that must first find the victim does it under a
+//!    shared lock, drops it, takes the ordered set and re-checks.
+//! 5. A file's data lock.
+//! 6. Leaf locks: a vnode's metadata mutex, a directory's parent pointer.
+//!
+//! The dentry cache uses a generation number so that a lookup racing an
+//! unlink cannot re-insert the entry the unlink just removed (see
+//! `tests/loom_vfs.rs`).
+//!
+//! # Example
 //!
 //! ```
-//! use osv_vfs::Errno;
+//! use osv_vfs::{OpenFlags, RamFs, Vfs, Whence, ZeroClock};
+//! use std::sync::Arc;
 //!
-//! assert_eq!(Errno::ENOENT.as_i32(), 2);
+//! let vfs = Vfs::new(RamFs::new(Arc::new(ZeroClock))).unwrap();
+//! vfs.mkdir("/tmp", 0o755).unwrap();
+//! vfs.mount("/tmp", RamFs::new(Arc::new(ZeroClock))).unwrap();
+//!
+//! let fd = vfs
+//!     .open("/tmp/hello.txt", OpenFlags::RDWR | OpenFlags::CREAT, 0o644)
+//!     .unwrap();
+//! assert_eq!(vfs.write(fd, b"hello, world").unwrap(), 12);
+//! vfs.lseek(fd, 0, Whence::Set).unwrap();
+//! let mut buf = [0u8; 5];
+//! assert_eq!(vfs.read(fd, &mut buf).unwrap(), 5);
+//! assert_eq!(&buf, b"hello");
+//! assert_eq!(vfs.stat("/tmp/../tmp/hello.txt").unwrap().size, 12);
+//! vfs.close(fd).unwrap();
 //! ```
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
-/// POSIX error numbers, with the values Linux uses (`asm-generic/errno-base.h`).
+extern crate alloc;
+
+mod cache;
+mod ops;
+pub mod ramfs;
+mod sync;
+mod vfs;
+
+#[cfg(feature = "std")]
+pub use ops::StdClock;
+pub use ops::{
+    Clock, Dirent, FsOps, HoleSeek, PollEvents, SetAttr, Stat, StatFs, Timespec, VType, VnodeOps, VnodeRef,
+    WritePos, ZeroClock,
+};
+pub use ramfs::RamFs;
+pub use vfs::{Fd, OpenFlags, Vfs, Whence, FD_LIMIT, MAX_SYMLINKS, NAME_MAX, PATH_MAX};
+
+/// The result type of this crate: errors are [`Errno`] values.
+pub type Result<T = ()> = core::result::Result<T, Errno>;
+
+/// POSIX error numbers, with the values Linux uses (`asm-generic/errno-base.h`,
+/// `errno.h`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(i32)]
 #[non_exhaustive]
@@ -24,22 +128,58 @@ pub enum Errno {
     ENOENT = 2,
     /// I/O error.
     EIO = 5,
+    /// No such device or address (`SEEK_DATA`/`SEEK_HOLE` past the end).
+    ENXIO = 6,
     /// Bad file descriptor.
     EBADF = 9,
     /// Out of memory.
     ENOMEM = 12,
+    /// Permission denied.
+    EACCES = 13,
+    /// Device or resource busy.
+    EBUSY = 16,
     /// File exists.
     EEXIST = 17,
+    /// Cross-device link.
+    EXDEV = 18,
+    /// No such device (operation unsupported by the device, e.g. mmap).
+    ENODEV = 19,
     /// Not a directory.
     ENOTDIR = 20,
     /// Is a directory.
     EISDIR = 21,
     /// Invalid argument.
     EINVAL = 22,
+    /// Too many open files in the system.
+    ENFILE = 23,
+    /// Too many open files (descriptor table full).
+    EMFILE = 24,
+    /// Inappropriate ioctl for device.
+    ENOTTY = 25,
+    /// File too large.
+    EFBIG = 27,
+    /// No space left on device.
+    ENOSPC = 28,
+    /// Illegal seek.
+    ESPIPE = 29,
+    /// Read-only filesystem.
+    EROFS = 30,
+    /// Too many links.
+    EMLINK = 31,
+    /// Result out of range.
+    ERANGE = 34,
     /// File name too long.
     ENAMETOOLONG = 36,
     /// Function not implemented.
     ENOSYS = 38,
+    /// Directory not empty.
+    ENOTEMPTY = 39,
+    /// Too many levels of symbolic links.
+    ELOOP = 40,
+    /// Value too large for defined data type.
+    EOVERFLOW = 75,
+    /// Operation not supported.
+    EOPNOTSUPP = 95,
 }
 
 impl Errno {
@@ -63,5 +203,8 @@ mod tests {
     fn values_match_linux() {
         assert_eq!(super::Errno::ENAMETOOLONG.as_i32(), 36);
         assert_eq!(super::Errno::ENOSYS.to_string(), "ENOSYS");
+        assert_eq!(super::Errno::ELOOP.as_i32(), 40);
+        assert_eq!(super::Errno::ENOTEMPTY.as_i32(), 39);
+        assert_eq!(super::Errno::EOPNOTSUPP.as_i32(), 95);
     }
 }

@@ -1,0 +1,766 @@
+//! ramfs: a memory filesystem with sparse files, directories, symbolic links
+//! and hard links.
+//!
+//! File data lives in 4 KiB pages in a `BTreeMap`; a page that was never
+//! written is a hole and reads as zeros (`SEEK_DATA`/`SEEK_HOLE` see them).
+//! Timestamps come from the [`Clock`] given to [`RamFs::new`]; reads do not
+//! touch `atime`. Locking follows the crate's lock order: per-directory
+//! `RwLock` over the entries, per-file `RwLock` over the data, a leaf mutex
+//! for metadata and one for a directory's parent pointer, and a
+//! per-filesystem rename mutex for renames between two directories.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::any::Any;
+
+use crate::ops::{
+    Clock, Dirent, FsOps, HoleSeek, PollEvents, SetAttr, Stat, StatFs, Timespec, VType, VnodeOps, VnodeRef,
+    WritePos,
+};
+use crate::sync::{Arc, AtomicU64, AtomicUsize, Mutex, Ordering, RwLock, RwLockWriteGuard, Weak};
+use crate::{Errno, OpenFlags, Result};
+
+/// Page size of file data.
+const PAGE: u64 = 4096;
+/// Largest file size (as Linux tmpfs on 64-bit: `MAX_LFS_FILESIZE`).
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+/// `statfs` magic of ramfs on Linux.
+pub const RAMFS_MAGIC: u64 = 0x8584_58f6;
+
+/// A count of live ramfs vnodes that outlives the filesystem (for leak checks).
+#[derive(Clone)]
+pub struct LiveNodes(Arc<AtomicUsize>);
+
+impl LiveNodes {
+    /// How many vnodes of the filesystem exist now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl core::fmt::Debug for LiveNodes {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("LiveNodes").field(&self.get()).finish()
+    }
+}
+
+struct Shared {
+    clock: Arc<dyn Clock>,
+    next_ino: AtomicU64,
+    live: Arc<AtomicUsize>,
+    pages: AtomicU64,
+    rename_lock: Mutex<()>,
+}
+
+/// A ramfs instance; mount it with [`Vfs::new`](crate::Vfs::new) or
+/// [`Vfs::mount`](crate::Vfs::mount).
+pub struct RamFs {
+    shared: Arc<Shared>,
+    root: Arc<RamNode>,
+}
+
+impl RamFs {
+    /// An empty filesystem whose timestamps come from `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Arc<Self> {
+        let shared = Arc::new(Shared {
+            clock,
+            next_ino: AtomicU64::new(1),
+            live: Arc::new(AtomicUsize::new(0)),
+            pages: AtomicU64::new(0),
+            rename_lock: Mutex::new(()),
+        });
+        let root = RamNode::new(&shared, NodeKind::Dir(Weak::new()), 0o755);
+        Arc::new(Self { shared, root })
+    }
+
+    /// Number of live vnodes (reachable, open, cached or otherwise held).
+    pub fn live_nodes(&self) -> usize {
+        self.shared.live.load(Ordering::SeqCst)
+    }
+
+    /// A handle on the live-vnode count that stays valid after the
+    /// filesystem is dropped; it reads 0 once every vnode is gone.
+    pub fn live_counter(&self) -> LiveNodes {
+        LiveNodes(self.shared.live.clone())
+    }
+}
+
+impl core::fmt::Debug for RamFs {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RamFs").field("live_nodes", &self.live_nodes()).finish()
+    }
+}
+
+impl FsOps for RamFs {
+    fn name(&self) -> &str {
+        "ramfs"
+    }
+    fn root(&self) -> VnodeRef {
+        self.root.clone()
+    }
+    fn statfs(&self) -> Result<StatFs> {
+        Ok(StatFs {
+            fs_type: RAMFS_MAGIC,
+            block_size: PAGE as u32,
+            blocks: 0,
+            blocks_free: 0,
+            files: self.live_nodes() as u64,
+            files_free: 0,
+            name_max: crate::NAME_MAX as u32,
+        })
+    }
+}
+
+struct Meta {
+    perm: u32,
+    nlink: u64,
+    atime: Timespec,
+    mtime: Timespec,
+    ctime: Timespec,
+}
+
+#[derive(Default)]
+struct FileData {
+    pages: BTreeMap<u64, Box<[u8]>>,
+    size: u64,
+}
+
+struct DirData {
+    entries: BTreeMap<String, Arc<RamNode>>,
+    subdirs: u64,
+    removed: bool,
+}
+
+enum Body {
+    File(RwLock<FileData>),
+    Dir { data: RwLock<DirData>, parent: Mutex<Weak<RamNode>> },
+    Symlink(String),
+}
+
+enum NodeKind<'a> {
+    File,
+    Dir(Weak<RamNode>),
+    Symlink(&'a str),
+}
+
+/// One ramfs vnode.
+struct RamNode {
+    ino: u64,
+    me: Weak<RamNode>,
+    shared: Arc<Shared>,
+    meta: Mutex<Meta>,
+    body: Body,
+}
+
+impl Drop for RamNode {
+    fn drop(&mut self) {
+        self.shared.live.fetch_sub(1, Ordering::SeqCst);
+        if let Body::File(data) = &self.body {
+            let n = data.read().pages.len() as u64;
+            self.shared.pages.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+}
+
+impl RamNode {
+    fn new(shared: &Arc<Shared>, kind: NodeKind<'_>, perm: u32) -> Arc<Self> {
+        let now = shared.clock.now();
+        let ino = shared.next_ino.fetch_add(1, Ordering::Relaxed);
+        let (body, nlink) = match kind {
+            NodeKind::File => (Body::File(RwLock::new(FileData::default())), 1),
+            NodeKind::Dir(parent) => (
+                Body::Dir {
+                    data: RwLock::new(DirData { entries: BTreeMap::new(), subdirs: 0, removed: false }),
+                    parent: Mutex::new(parent),
+                },
+                2,
+            ),
+            NodeKind::Symlink(t) => (Body::Symlink(String::from(t)), 1),
+        };
+        shared.live.fetch_add(1, Ordering::SeqCst);
+        Arc::new_cyclic(|me| Self {
+            ino,
+            me: me.clone(),
+            shared: shared.clone(),
+            meta: Mutex::new(Meta { perm: perm & 0o7777, nlink, atime: now, mtime: now, ctime: now }),
+            body,
+        })
+    }
+
+    fn arc(&self) -> Arc<RamNode> {
+        // `me` is set by `new_cyclic` and `self` is alive, so this succeeds.
+        self.me.upgrade().unwrap_or_else(unreachable_node)
+    }
+
+    fn dir(&self) -> Result<&RwLock<DirData>> {
+        match &self.body {
+            Body::Dir { data, .. } => Ok(data),
+            _ => Err(Errno::ENOTDIR),
+        }
+    }
+
+    fn is_dir(&self) -> bool {
+        matches!(self.body, Body::Dir { .. })
+    }
+
+    fn parent(&self) -> Option<Arc<RamNode>> {
+        match &self.body {
+            Body::Dir { parent, .. } => parent.lock().upgrade(),
+            _ => None,
+        }
+    }
+
+    fn set_parent(&self, p: &Arc<RamNode>) {
+        if let Body::Dir { parent, .. } = &self.body {
+            *parent.lock() = Arc::downgrade(p);
+        }
+    }
+
+    fn touch(&self, data_changed: bool) {
+        let now = self.shared.clock.now();
+        let mut m = self.meta.lock();
+        m.ctime = now;
+        if data_changed {
+            m.mtime = now;
+        }
+    }
+
+    fn new_child(&self, name: &str, kind: NodeKind<'_>, perm: u32) -> Result<Arc<RamNode>> {
+        let is_dir = matches!(kind, NodeKind::Dir(_));
+        let mut d = self.dir()?.write();
+        if d.removed {
+            return Err(Errno::ENOENT);
+        }
+        if d.entries.contains_key(name) {
+            return Err(Errno::EEXIST);
+        }
+        let node = RamNode::new(&self.shared, kind, perm);
+        d.entries.insert(String::from(name), node.clone());
+        if is_dir {
+            d.subdirs += 1;
+        }
+        drop(d);
+        self.touch(true);
+        Ok(node)
+    }
+
+    fn same_fs<'a>(&self, other: &'a dyn VnodeOps) -> Result<&'a RamNode> {
+        match other.as_any().downcast_ref::<RamNode>() {
+            Some(n) if Arc::ptr_eq(&n.shared, &self.shared) => Ok(n),
+            _ => Err(Errno::EXDEV),
+        }
+    }
+}
+
+#[cold]
+fn unreachable_node() -> Arc<RamNode> {
+    unreachable!("a live ramfs node always upgrades its own weak reference")
+}
+
+/// Is `a` the directory `b` or one of its ancestors? Walks parent pointers;
+/// the caller holds the rename mutex, so the tree shape is still.
+fn is_ancestor_or_self(a: &RamNode, b: &RamNode) -> bool {
+    if a.ino == b.ino {
+        return true;
+    }
+    let mut cur = b.parent();
+    while let Some(p) = cur {
+        if p.ino == a.ino {
+            return true;
+        }
+        cur = p.parent();
+    }
+    false
+}
+
+/// Write-locks the directories in ascending inode order (the crate's lock
+/// order); duplicates are locked once. Returns the guards sorted by inode.
+fn lock_dirs<'a>(nodes: &[&'a RamNode]) -> Result<Vec<(u64, RwLockWriteGuard<'a, DirData>)>> {
+    let mut sorted: Vec<&RamNode> = nodes.to_vec();
+    sorted.sort_by_key(|n| n.ino);
+    sorted.dedup_by_key(|n| n.ino);
+    let mut out = Vec::with_capacity(sorted.len());
+    for n in sorted {
+        out.push((n.ino, n.dir()?.write()));
+    }
+    Ok(out)
+}
+
+fn guard<'g, 'a>(guards: &'g mut [(u64, RwLockWriteGuard<'a, DirData>)], ino: u64) -> &'g mut DirData {
+    let i = guards.iter().position(|(i, _)| *i == ino).unwrap_or(0);
+    &mut guards[i].1
+}
+
+impl VnodeOps for RamNode {
+    fn ino(&self) -> u64 {
+        self.ino
+    }
+
+    fn vtype(&self) -> VType {
+        match self.body {
+            Body::File(_) => VType::Regular,
+            Body::Dir { .. } => VType::Directory,
+            Body::Symlink(_) => VType::Symlink,
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn open(&self, _flags: OpenFlags) -> Result {
+        Ok(())
+    }
+
+    fn read(&self, off: u64, iov: &mut [&mut [u8]]) -> Result<usize> {
+        let data = match &self.body {
+            Body::File(d) => d.read(),
+            Body::Dir { .. } => return Err(Errno::EISDIR),
+            Body::Symlink(_) => return Err(Errno::EINVAL),
+        };
+        let mut pos = off;
+        let mut total = 0;
+        for buf in iov.iter_mut() {
+            if pos >= data.size {
+                break;
+            }
+            let n = usize::try_from(data.size - pos).map_or(buf.len(), |r| r.min(buf.len()));
+            let mut done = 0;
+            while done < n {
+                let page = pos / PAGE;
+                let in_page = (pos % PAGE) as usize;
+                let chunk = (PAGE as usize - in_page).min(n - done);
+                let dst = &mut buf[done..done + chunk];
+                match data.pages.get(&page) {
+                    Some(p) => dst.copy_from_slice(&p[in_page..in_page + chunk]),
+                    None => dst.fill(0),
+                }
+                done += chunk;
+                pos += chunk as u64;
+            }
+            total += n;
+            if n < buf.len() {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    fn write(&self, pos: WritePos, iov: &[&[u8]]) -> Result<(usize, u64)> {
+        let mut data = match &self.body {
+            Body::File(d) => d.write(),
+            Body::Dir { .. } => return Err(Errno::EISDIR),
+            Body::Symlink(_) => return Err(Errno::EINVAL),
+        };
+        let start = match pos {
+            WritePos::At(o) => o,
+            WritePos::Append => data.size,
+        };
+        let len: u64 = iov.iter().map(|b| b.len() as u64).sum();
+        if len == 0 {
+            return Ok((0, start));
+        }
+        let end = start.checked_add(len).ok_or(Errno::EFBIG)?;
+        if end > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let mut p = start;
+        let mut new_pages = 0;
+        for buf in iov {
+            let mut done = 0;
+            while done < buf.len() {
+                let page = p / PAGE;
+                let in_page = (p % PAGE) as usize;
+                let chunk = (PAGE as usize - in_page).min(buf.len() - done);
+                let dst = data.pages.entry(page).or_insert_with(|| {
+                    new_pages += 1;
+                    alloc::vec![0u8; PAGE as usize].into_boxed_slice()
+                });
+                dst[in_page..in_page + chunk].copy_from_slice(&buf[done..done + chunk]);
+                done += chunk;
+                p += chunk as u64;
+            }
+        }
+        data.size = data.size.max(end);
+        drop(data);
+        self.shared.pages.fetch_add(new_pages, Ordering::Relaxed);
+        self.touch(true);
+        Ok((len as usize, end))
+    }
+
+    fn truncate(&self, len: u64) -> Result {
+        let mut data = match &self.body {
+            Body::File(d) => d.write(),
+            Body::Dir { .. } => return Err(Errno::EISDIR),
+            Body::Symlink(_) => return Err(Errno::EINVAL),
+        };
+        if len > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        let first_gone = len.div_ceil(PAGE);
+        let gone = data.pages.split_off(&first_gone);
+        if !len.is_multiple_of(PAGE) {
+            if let Some(p) = data.pages.get_mut(&(len / PAGE)) {
+                p[(len % PAGE) as usize..].fill(0);
+            }
+        }
+        data.size = len;
+        drop(data);
+        self.shared.pages.fetch_sub(gone.len() as u64, Ordering::Relaxed);
+        self.touch(true);
+        Ok(())
+    }
+
+    fn seek_hole(&self, off: u64, which: HoleSeek) -> Result<u64> {
+        let data = match &self.body {
+            Body::File(d) => d.read(),
+            _ => return Err(Errno::ENXIO),
+        };
+        if off >= data.size {
+            return Err(Errno::ENXIO);
+        }
+        let page = off / PAGE;
+        match which {
+            HoleSeek::Data => {
+                if data.pages.contains_key(&page) {
+                    return Ok(off);
+                }
+                match data.pages.range(page..).next() {
+                    Some((p, _)) if p * PAGE < data.size => Ok(p * PAGE),
+                    _ => Err(Errno::ENXIO),
+                }
+            }
+            HoleSeek::Hole => {
+                let mut p = page;
+                while data.pages.contains_key(&p) {
+                    p += 1;
+                }
+                if p == page {
+                    Ok(off)
+                } else {
+                    Ok((p * PAGE).min(data.size))
+                }
+            }
+        }
+    }
+
+    fn readdir(&self, cookie: u64) -> Result<Option<Dirent>> {
+        let d = self.dir()?.read();
+        if d.removed {
+            return Ok(None);
+        }
+        let ent = match cookie {
+            0 => Some(Dirent { ino: self.ino, kind: VType::Directory, name: String::from(".") }),
+            1 => Some(Dirent {
+                ino: self.parent().map_or(self.ino, |p| p.ino),
+                kind: VType::Directory,
+                name: String::from(".."),
+            }),
+            k => usize::try_from(k - 2).ok().and_then(|i| d.entries.iter().nth(i)).map(|(name, n)| Dirent {
+                ino: n.ino,
+                kind: n.vtype(),
+                name: name.clone(),
+            }),
+        };
+        Ok(ent)
+    }
+
+    fn lookup(&self, name: &str) -> Result<VnodeRef> {
+        let d = self.dir()?.read();
+        if d.removed {
+            return Err(Errno::ENOENT);
+        }
+        if name == ".." {
+            drop(d);
+            return Ok(self.parent().unwrap_or_else(|| self.arc()));
+        }
+        if name == "." {
+            return Ok(self.arc());
+        }
+        match d.entries.get(name) {
+            Some(n) => Ok(n.clone()),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    fn create(&self, name: &str, perm: u32) -> Result<VnodeRef> {
+        Ok(self.new_child(name, NodeKind::File, perm)?)
+    }
+
+    fn mkdir(&self, name: &str, perm: u32) -> Result<VnodeRef> {
+        Ok(self.new_child(name, NodeKind::Dir(self.me.clone()), perm)?)
+    }
+
+    fn symlink(&self, name: &str, target: &str) -> Result<VnodeRef> {
+        Ok(self.new_child(name, NodeKind::Symlink(target), 0o777)?)
+    }
+
+    fn remove(&self, name: &str) -> Result {
+        let mut d = self.dir()?.write();
+        let Some(n) = d.entries.get(name) else {
+            return Err(Errno::ENOENT);
+        };
+        if n.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let n = d.entries.remove(name);
+        drop(d);
+        if let Some(n) = n {
+            n.meta.lock().nlink -= 1;
+            n.touch(false);
+        }
+        self.touch(true);
+        Ok(())
+    }
+
+    fn rmdir(&self, name: &str) -> Result {
+        loop {
+            let child = match self.dir()?.read().entries.get(name) {
+                Some(c) => c.clone(),
+                None => return Err(Errno::ENOENT),
+            };
+            if !child.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
+            let mut g = lock_dirs(&[self, &child])?;
+            let still = guard(&mut g, self.ino).entries.get(name).is_some_and(|c| Arc::ptr_eq(c, &child));
+            if !still {
+                continue;
+            }
+            let cd = guard(&mut g, child.ino);
+            if !cd.entries.is_empty() {
+                return Err(Errno::ENOTEMPTY);
+            }
+            cd.removed = true;
+            let pd = guard(&mut g, self.ino);
+            pd.entries.remove(name);
+            pd.subdirs -= 1;
+            drop(g);
+            child.meta.lock().nlink = 0;
+            self.touch(true);
+            return Ok(());
+        }
+    }
+
+    fn link(&self, name: &str, target: &dyn VnodeOps) -> Result {
+        let target = self.same_fs(target)?;
+        if target.is_dir() {
+            return Err(Errno::EPERM);
+        }
+        let mut d = self.dir()?.write();
+        if d.removed {
+            return Err(Errno::ENOENT);
+        }
+        if d.entries.contains_key(name) {
+            return Err(Errno::EEXIST);
+        }
+        {
+            let mut m = target.meta.lock();
+            if m.nlink == 0 {
+                return Err(Errno::ENOENT);
+            }
+            m.nlink += 1;
+        }
+        d.entries.insert(String::from(name), target.arc());
+        drop(d);
+        target.touch(false);
+        self.touch(true);
+        Ok(())
+    }
+
+    fn rename(&self, name: &str, new_dir: &dyn VnodeOps, new_name: &str) -> Result {
+        let new_dir = self.same_fs(new_dir)?;
+        self.dir()?;
+        new_dir.dir()?;
+        let same = self.ino == new_dir.ino;
+        let _tree = if same { None } else { Some(self.shared.rename_lock.lock()) };
+        loop {
+            let old = match self.dir()?.read().entries.get(name) {
+                Some(n) => n.clone(),
+                None => return Err(Errno::ENOENT),
+            };
+            if !same && old.is_dir() && is_ancestor_or_self(&old, new_dir) {
+                return Err(Errno::EINVAL);
+            }
+            let new = new_dir.dir()?.read().entries.get(new_name).cloned();
+            if let Some(n) = &new {
+                if !same && n.is_dir() && is_ancestor_or_self(n, self) {
+                    return Err(Errno::ENOTEMPTY);
+                }
+                if Arc::ptr_eq(n, &old) {
+                    return Ok(());
+                }
+                match (old.is_dir(), n.is_dir()) {
+                    (true, false) => return Err(Errno::ENOTDIR),
+                    (false, true) => return Err(Errno::EISDIR),
+                    _ => {}
+                }
+            }
+            let mut set: Vec<&RamNode> = alloc::vec![self, new_dir];
+            if let Some(n) = new.as_deref().filter(|n| n.is_dir()) {
+                set.push(n);
+            }
+            let mut g = lock_dirs(&set)?;
+            let old_ok = guard(&mut g, self.ino).entries.get(name).is_some_and(|n| Arc::ptr_eq(n, &old));
+            let new_now = guard(&mut g, new_dir.ino).entries.get(new_name).cloned();
+            let new_ok = match (&new, &new_now) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if !old_ok || !new_ok {
+                continue;
+            }
+            if guard(&mut g, new_dir.ino).removed {
+                return Err(Errno::ENOENT);
+            }
+            if let Some(n) = new.as_deref().filter(|n| n.is_dir()) {
+                let nd = guard(&mut g, n.ino);
+                if !nd.entries.is_empty() {
+                    return Err(Errno::ENOTEMPTY);
+                }
+                nd.removed = true;
+            }
+            let od = guard(&mut g, self.ino);
+            od.entries.remove(name);
+            if old.is_dir() {
+                od.subdirs -= 1;
+            }
+            let nd = guard(&mut g, new_dir.ino);
+            let replaced = nd.entries.insert(String::from(new_name), old.clone());
+            if old.is_dir() {
+                nd.subdirs += 1;
+            }
+            if let Some(r) = &replaced {
+                if r.is_dir() {
+                    nd.subdirs -= 1;
+                }
+            }
+            drop(g);
+            if old.is_dir() && !same {
+                old.set_parent(&new_dir.arc());
+            }
+            if let Some(r) = replaced {
+                let mut m = r.meta.lock();
+                m.nlink = if r.is_dir() { 0 } else { m.nlink - 1 };
+            }
+            old.touch(false);
+            self.touch(true);
+            new_dir.touch(true);
+            return Ok(());
+        }
+    }
+
+    fn getattr(&self) -> Result<Stat> {
+        let (kind, size, pages, dir_links) = match &self.body {
+            Body::File(d) => {
+                let d = d.read();
+                (VType::Regular, d.size, d.pages.len() as u64, None)
+            }
+            Body::Dir { data, .. } => {
+                let d = data.read();
+                let links = if d.removed { 0 } else { 2 + d.subdirs };
+                (VType::Directory, 0, 0, Some(links))
+            }
+            Body::Symlink(t) => (VType::Symlink, t.len() as u64, 0, None),
+        };
+        let m = self.meta.lock();
+        Ok(Stat {
+            dev: 0,
+            ino: self.ino,
+            kind,
+            perm: m.perm,
+            nlink: dir_links.unwrap_or(m.nlink),
+            size,
+            blocks: pages * (PAGE / 512),
+            blksize: PAGE as u32,
+            atime: m.atime,
+            mtime: m.mtime,
+            ctime: m.ctime,
+        })
+    }
+
+    fn setattr(&self, attr: &SetAttr) -> Result {
+        let now = self.shared.clock.now();
+        let mut m = self.meta.lock();
+        if let Some(p) = attr.perm {
+            m.perm = p & 0o7777;
+        }
+        if let Some(t) = attr.atime {
+            m.atime = t;
+        }
+        if let Some(t) = attr.mtime {
+            m.mtime = t;
+        }
+        m.ctime = now;
+        Ok(())
+    }
+
+    fn readlink(&self) -> Result<String> {
+        match &self.body {
+            Body::Symlink(t) => Ok(t.clone()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn poll(&self, events: PollEvents) -> Result<PollEvents> {
+        Ok(events.intersection(PollEvents::IN.union(PollEvents::OUT)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ZeroClock;
+
+    fn fs() -> Arc<RamFs> {
+        RamFs::new(Arc::new(ZeroClock))
+    }
+
+    #[test]
+    fn sparse_read_and_holes() {
+        let fs = fs();
+        let f = fs.root().create("f", 0o644).unwrap();
+        f.write(WritePos::At(3 * PAGE + 10), &[b"abc"]).unwrap();
+        let mut buf = [1u8; 8];
+        assert_eq!(f.read(0, &mut [&mut buf]).unwrap(), 8);
+        assert_eq!(buf, [0; 8]);
+        assert_eq!(f.seek_hole(0, HoleSeek::Data).unwrap(), 3 * PAGE);
+        assert_eq!(f.seek_hole(0, HoleSeek::Hole).unwrap(), 0);
+        assert_eq!(f.seek_hole(3 * PAGE, HoleSeek::Hole).unwrap(), 3 * PAGE + 13);
+        assert_eq!(f.seek_hole(3 * PAGE + 13, HoleSeek::Data), Err(Errno::ENXIO));
+        f.truncate(3 * PAGE + 11).unwrap();
+        f.truncate(4 * PAGE).unwrap();
+        let mut buf = [9u8; 4];
+        f.read(3 * PAGE + 9, &mut [&mut buf]).unwrap();
+        assert_eq!(buf, [0, b'a', 0, 0]);
+        assert_eq!(f.getattr().unwrap().blocks, 8);
+    }
+
+    #[test]
+    fn unimplemented_ops_are_errors() {
+        let fs = fs();
+        let root = fs.root();
+        assert_eq!(root.ioctl(1, 0), Err(Errno::ENOTTY));
+        assert_eq!(root.mmap(0, 4096, false), Err(Errno::ENODEV));
+        assert_eq!(root.readlink(), Err(Errno::EINVAL));
+        let f = root.create("f", 0).unwrap();
+        assert_eq!(f.lookup("x").err(), Some(Errno::ENOTDIR));
+        assert_eq!(f.readdir(0), Err(Errno::ENOTDIR));
+        assert_eq!(fs.statfs().unwrap().fs_type, RAMFS_MAGIC);
+    }
+
+    #[test]
+    fn live_count_drops_to_zero() {
+        let fs = fs();
+        let live = fs.live_counter();
+        let d = fs.root().mkdir("d", 0o755).unwrap();
+        d.create("f", 0o644).unwrap();
+        drop(d);
+        assert_eq!(live.get(), 3);
+        drop(fs);
+        assert_eq!(live.get(), 0);
+    }
+}
