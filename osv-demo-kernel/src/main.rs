@@ -15,6 +15,7 @@
 
 extern crate alloc;
 
+mod fs;
 mod heap;
 mod ktest;
 mod tests;
@@ -26,6 +27,7 @@ osv_boot::entry_point!(main);
 
 fn main(boot: &'static BootInfo) -> ! {
     heap::init(boot);
+    fs::init();
     println!(
         "OSv demo kernel {} booted: entry to main {} us (TSC calibration {} us), TSC {} MHz, {} MiB usable",
         env!("CARGO_PKG_VERSION"),

@@ -22,6 +22,8 @@ pub static ALL: &[Test] = &[
     Test { name: "time::calibration_is_plausible", run: calibration },
     Test { name: "time::lapic_oneshot_fires_after_deadline", run: lapic_oneshot },
     Test { name: "boot::sse_state_survives_interrupts", run: sse_survives_interrupts },
+    Test { name: "vfs::ramfs_file_io_through_descriptors", run: vfs_file_io },
+    Test { name: "vfs::namespace_operations_and_no_leaks", run: vfs_namespace },
 ];
 
 /// Added by `test.fail` on the command line.
@@ -252,5 +254,77 @@ fn sse_survives_interrupts(boot: &'static BootInfo) -> Outcome {
     }
     rt::trap::clear_handler(TIMER_VECTOR);
     check!(bad == 0, "xmm7 clobbered across {bad} interrupts");
+    Ok(())
+}
+
+fn vfs_file_io(_: &'static BootInfo) -> Outcome {
+    use osv_vfs::{OpenFlags, Whence};
+    let v = crate::fs::vfs();
+    v.mkdir("/tmp", 0o755).map_err(|e| alloc::format!("mkdir /tmp: {e}"))?;
+    let fd = v
+        .open("/tmp/data", OpenFlags::CREAT | OpenFlags::RDWR | OpenFlags::EXCL, 0o644)
+        .map_err(|e| alloc::format!("open: {e}"))?;
+    let a: Vec<u8> = (0..6000u32).map(|i| (i % 253) as u8).collect();
+    let b = [7u8; 4096];
+    let n = v.writev(fd, &[&a, &b]).map_err(|e| alloc::format!("writev: {e}"))?;
+    check!(n == a.len() + b.len(), "wrote {n}");
+    check!(v.lseek(fd, 0, Whence::Set) == Ok(0));
+    let mut back = alloc::vec![0u8; n];
+    let r = v.read(fd, &mut back).map_err(|e| alloc::format!("read: {e}"))?;
+    check!(r == n && back[..a.len()] == a[..] && back[a.len()..] == b[..]);
+    let mut one = [0u8; 3];
+    check!(v.pread(fd, &mut one, 253) == Ok(3) && one == [0, 1, 2], "{one:?}");
+    // A sparse write far out reads back zeros in the hole.
+    check!(v.pwrite(fd, b"end", 1 << 20) == Ok(3));
+    check!(v.pread(fd, &mut one, 512 * 1024) == Ok(3) && one == [0, 0, 0]);
+    let st = v.fstat(fd).map_err(|e| alloc::format!("fstat: {e}"))?;
+    check!(st.size == (1 << 20) + 3, "size {}", st.size);
+    // File times come from the boot clock: after boot, not after now.
+    let now_ns = rt::now_ns();
+    let mtime_ns = st.mtime.sec as u64 * 1_000_000_000 + u64::from(st.mtime.nsec);
+    check!(mtime_ns > 0 && mtime_ns <= now_ns, "mtime {:?}, now {now_ns} ns", st.mtime);
+    // O_EXCL on an existing file.
+    check!(
+        v.open("/tmp/data", OpenFlags::CREAT | OpenFlags::EXCL | OpenFlags::RDWR, 0o644)
+            == Err(osv_vfs::Errno::EEXIST)
+    );
+    v.close(fd).map_err(|e| alloc::format!("close: {e}"))?;
+    check!(v.close(fd) == Err(osv_vfs::Errno::EBADF));
+    Ok(())
+}
+
+fn vfs_namespace(_: &'static BootInfo) -> Outcome {
+    use osv_vfs::{Errno, OpenFlags, VType};
+    let v = crate::fs::vfs();
+    let live_before = crate::fs::root().live_nodes();
+    v.mkdir("/ns", 0o755).map_err(|e| alloc::format!("mkdir: {e}"))?;
+    let fd =
+        v.open("/ns/a", OpenFlags::CREAT | OpenFlags::WRONLY, 0o644).map_err(|e| alloc::format!("{e}"))?;
+    check!(v.write(fd, b"hello") == Ok(5));
+    v.close(fd).map_err(|e| alloc::format!("{e}"))?;
+    v.rename("/ns/a", "/ns/b").map_err(|e| alloc::format!("rename: {e}"))?;
+    check!(v.stat("/ns/a") == Err(Errno::ENOENT));
+    v.link("/ns/b", "/ns/c").map_err(|e| alloc::format!("link: {e}"))?;
+    check!(v.stat("/ns/c").map(|s| s.nlink) == Ok(2));
+    v.symlink("b", "/ns/s").map_err(|e| alloc::format!("symlink: {e}"))?;
+    check!(v.readlink("/ns/s").as_deref() == Ok("b"));
+    check!(v.stat("/ns/s").map(|s| s.size) == Ok(5), "stat follows the link");
+    check!(v.lstat("/ns/s").map(|s| s.kind) == Ok(VType::Symlink));
+    let dir = v.open("/ns", OpenFlags::DIRECTORY, 0).map_err(|e| alloc::format!("{e}"))?;
+    let mut names: Vec<_> =
+        v.getdents(dir, 64).map_err(|e| alloc::format!("{e}"))?.into_iter().map(|d| d.name).collect();
+    names.sort();
+    check!(names.iter().filter(|n| !n.starts_with('.')).eq(["b", "c", "s"].iter()), "{names:?}");
+    v.close(dir).map_err(|e| alloc::format!("{e}"))?;
+    check!(v.rmdir("/ns") == Err(Errno::ENOTEMPTY));
+    check!(v.chdir("/ns").is_ok() && v.getcwd().as_deref() == Ok("/ns"));
+    check!(v.chdir("/").is_ok());
+    for n in ["/ns/b", "/ns/c", "/ns/s"] {
+        v.unlink(n).map_err(|e| alloc::format!("unlink {n}: {e}"))?;
+    }
+    v.rmdir("/ns").map_err(|e| alloc::format!("rmdir: {e}"))?;
+    v.drop_caches();
+    let live = crate::fs::root().live_nodes();
+    check!(live == live_before, "ramfs nodes: {live_before} before, {live} after removing everything");
     Ok(())
 }
