@@ -9,8 +9,9 @@
 //!                                                  0x60  blk_cksum (4 x u64)
 //! ```
 //!
-//! This step only decodes (the uberblock's root block pointer is printed by
-//! `osv-zfs labels`); reading through a block pointer comes with the MOS.
+//! Reading through a block pointer (DVAs, checksums, decompression, gang
+//! blocks) is `pool::Pool::read_block` (with `alloc`); this module only
+//! decodes, including the payload of embedded pointers (`BPE`).
 
 use crate::bytes::{u64_at, Endian};
 use crate::checksum::Checksum;
@@ -78,6 +79,8 @@ pub struct BlockPointer {
     pub dva: [Dva; 3],
     /// `blk_prop`: sizes, types, byte order (see the accessors).
     pub prop: u64,
+    /// `blk_pad[2]`: unused in a normal pointer, payload in an embedded one.
+    pub pad: [u64; 2],
     /// `blk_phys_birth`: txg the data was physically written (0: same as
     /// `birth`).
     pub phys_birth: u64,
@@ -97,6 +100,7 @@ impl BlockPointer {
         Ok(BlockPointer {
             dva: [Dva([w(0)?, w(1)?]), Dva([w(2)?, w(3)?]), Dva([w(4)?, w(5)?])],
             prop: w(6)?,
+            pad: [w(7)?, w(8)?],
             phys_birth: w(9)?,
             birth: w(10)?,
             fill: w(11)?,
@@ -176,9 +180,74 @@ impl BlockPointer {
 
     /// Number of valid DVAs (copies).
     pub fn copies(&self) -> usize {
-        self.dva.iter().filter(|d| d.is_valid()).count()
+        self.dvas().iter().filter(|d| d.is_valid()).count()
+    }
+
+    /// The DVAs that can hold copies: all three, or two when the block is
+    /// encrypted (`BP_GET_NDVAS`: an encrypted pointer keeps its salt and IV
+    /// in `dva[2]`, include/sys/spa.h).
+    pub fn dvas(&self) -> &[Dva] {
+        if self.is_encrypted() {
+            &self.dva[..2]
+        } else {
+            &self.dva[..]
+        }
+    }
+
+    /// Embedded pointer: payload type (`BPE_GET_ETYPE`: bits 40..48;
+    /// `BP_EMBEDDED_TYPE_DATA` = 0).
+    pub fn embedded_type(&self) -> u8 {
+        bits(self.prop, 40, 8) as u8
+    }
+
+    /// Embedded pointer: logical size in bytes (`BPE_GET_LSIZE`: bits 0..25, + 1).
+    pub fn embedded_lsize(&self) -> u64 {
+        bits(self.prop, 0, 25) + 1
+    }
+
+    /// Embedded pointer: payload size in bytes (`BPE_GET_PSIZE`: bits 25..32, + 1).
+    pub fn embedded_psize(&self) -> u64 {
+        bits(self.prop, 25, 7) + 1
+    }
+
+    /// Copies an embedded pointer's payload into `out` and returns its
+    /// length (`decode_embedded_bp_compressed`, module/zcommon/blkptr.c):
+    /// the payload fills every word but `blk_prop` and `blk_birth`
+    /// (`BPE_PAYLOAD_SIZE` = 112 bytes), each word's bytes taken from the
+    /// least significant up.
+    pub fn embedded_payload(&self, out: &mut [u8; BPE_PAYLOAD_SIZE]) -> Result<usize> {
+        if !self.is_embedded() || self.embedded_type() != 0 {
+            return Err(crate::Error::BadEmbedded);
+        }
+        let psize = self.embedded_psize() as usize;
+        if psize > BPE_PAYLOAD_SIZE {
+            return Err(crate::Error::BadEmbedded);
+        }
+        let words = [
+            self.dva[0].0[0],
+            self.dva[0].0[1],
+            self.dva[1].0[0],
+            self.dva[1].0[1],
+            self.dva[2].0[0],
+            self.dva[2].0[1],
+            self.pad[0],
+            self.pad[1],
+            self.phys_birth,
+            self.fill,
+            self.cksum.0[0],
+            self.cksum.0[1],
+            self.cksum.0[2],
+            self.cksum.0[3],
+        ];
+        for (i, b) in out.iter_mut().enumerate().take(psize) {
+            *b = (words[i / 8] >> ((i % 8) * 8)) as u8;
+        }
+        Ok(psize)
     }
 }
+
+/// `BPE_PAYLOAD_SIZE` (include/sys/spa.h): 14 words of 8 bytes.
+pub const BPE_PAYLOAD_SIZE: usize = 112;
 
 /// Name of a checksum function (`zio_checksum_table`, module/zfs/zio_checksum.c).
 pub fn checksum_name(id: u8) -> &'static str {
@@ -302,6 +371,33 @@ mod tests {
         let s = alloc_free_display(&bp);
         assert!(s.starts_with("DVA[0]=<0:1000:400> [L0 type 11] fletcher4 uncompressed BE size=400L/400P birth=4L/4P fill=15 cksum=0000000000000abc:"));
         assert!(BlockPointer::parse(&buf[..127], Endian::Big).is_err());
+    }
+
+    #[test]
+    fn embedded_payload_skips_prop_and_birth() {
+        // Embedded, etype 0, lsize 20, psize 10, compression off.
+        let prop = 19 | 9 << 25 | 2 << 32 | 1 << 39 | 1 << 63;
+        let mut words = [0u64; 16];
+        words[6] = prop;
+        words[0] = u64::from_le_bytes(*b"abcdefgh");
+        words[1] = u64::from_le_bytes(*b"ij\0\0\0\0\0\0");
+        words[10] = 77;
+        let mut buf = [0u8; BLKPTR_SIZE];
+        for (i, w) in words.iter().enumerate() {
+            buf[i * 8..i * 8 + 8].copy_from_slice(&w.to_be_bytes());
+        }
+        let bp = BlockPointer::parse(&buf, Endian::Big).unwrap();
+        assert!(bp.is_embedded() && !bp.is_hole());
+        assert_eq!((bp.embedded_lsize(), bp.embedded_psize()), (20, 10));
+        let mut out = [0u8; BPE_PAYLOAD_SIZE];
+        assert_eq!(bp.embedded_payload(&mut out), Ok(10));
+        assert_eq!(&out[..10], b"abcdefghij");
+        let mut other = bp;
+        other.prop |= 3 << 40; // another payload type
+        assert_eq!(other.embedded_payload(&mut out), Err(crate::Error::BadEmbedded));
+        // Encrypted pointers have two DVAs.
+        let enc = BlockPointer { prop: 1 << 61, ..Default::default() };
+        assert_eq!(enc.dvas().len(), 2);
     }
 
     fn alloc_free_display(bp: &BlockPointer) -> std::string::String {

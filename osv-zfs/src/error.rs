@@ -46,6 +46,51 @@ pub enum Error {
     TooDeep,
     /// A value is too large to encode.
     TooLarge,
+    /// A block pointer names a checksum function we do not implement
+    /// (`enum zio_checksum`, include/sys/zio.h).
+    UnsupportedChecksum(u8),
+    /// A block pointer names a compression function we do not implement
+    /// (`enum zio_compress`, include/sys/zio_compress.h).
+    UnsupportedCompression(u8),
+    /// Compressed data is malformed or does not fill the logical size.
+    Decompress,
+    /// An embedded block pointer has a payload type or size we cannot use.
+    BadEmbedded,
+    /// Gang blocks nest deeper than the reader allows.
+    GangTooDeep,
+    /// A DVA names a top-level vdev the pool does not have.
+    NoSuchVdev(u64),
+    /// Every copy of a block failed (its DVAs, mirror sides, raidz
+    /// reconstructions): the last copy failed its checksum.
+    NoValidCopy,
+    /// The vdev tree in the label config is malformed.
+    BadVdevTree,
+    /// The vdev tree has a vdev type we cannot read (`indirect`, `draid`, ...).
+    UnsupportedVdev,
+    /// The vdev files belong to different pools.
+    MixedPools,
+    /// No vdev file has a valid label.
+    NoLabel,
+    /// No vdev file has a valid uberblock.
+    NoUberblock,
+    /// A dnode (`dnode_phys_t`) is malformed: sizes, levels or slots out of range.
+    BadDnode,
+    /// The object is not allocated (dnode type `DMU_OT_NONE`).
+    NoSuchObject,
+    /// An object has another type than the one needed here.
+    WrongObjectType(u8),
+    /// An object's bonus buffer has another type than the one needed here.
+    WrongBonusType(u8),
+    /// An objset (`objset_phys_t`) is malformed.
+    BadObjset,
+    /// A ZAP object (micro or fat) is malformed.
+    BadZap,
+    /// A ZAP has no entry of that name.
+    NotFound,
+    /// The pool needs a read feature (`features_for_read`) we do not support.
+    UnsupportedFeature(crate::feature::FeatureName),
+    /// A structure exceeds a limit of this reader (nesting, count, size).
+    LimitExceeded,
 }
 
 /// The crate's result type.
@@ -72,6 +117,31 @@ impl fmt::Display for Error {
             Error::BadString => f.write_str("string with NUL byte or invalid UTF-8"),
             Error::TooDeep => f.write_str("nvlists nested too deeply"),
             Error::TooLarge => f.write_str("value too large to encode"),
+            Error::UnsupportedChecksum(c) => {
+                write!(f, "unsupported checksum function {} ({c})", crate::blkptr::checksum_name(c))
+            }
+            Error::UnsupportedCompression(c) => {
+                write!(f, "unsupported compression function {} ({c})", crate::blkptr::compression_name(c))
+            }
+            Error::Decompress => f.write_str("corrupt compressed data"),
+            Error::BadEmbedded => f.write_str("bad embedded block pointer"),
+            Error::GangTooDeep => f.write_str("gang blocks nested too deeply"),
+            Error::NoSuchVdev(v) => write!(f, "no top-level vdev {v}"),
+            Error::NoValidCopy => f.write_str("checksum mismatch on every copy"),
+            Error::BadVdevTree => f.write_str("malformed vdev tree in the label config"),
+            Error::UnsupportedVdev => f.write_str("unsupported vdev type"),
+            Error::MixedPools => f.write_str("vdev files of different pools"),
+            Error::NoLabel => f.write_str("no valid vdev label"),
+            Error::NoUberblock => f.write_str("no valid uberblock"),
+            Error::BadDnode => f.write_str("malformed dnode"),
+            Error::NoSuchObject => f.write_str("object not allocated"),
+            Error::WrongObjectType(t) => write!(f, "unexpected object type {t}"),
+            Error::WrongBonusType(t) => write!(f, "unexpected bonus buffer type {t}"),
+            Error::BadObjset => f.write_str("malformed objset"),
+            Error::BadZap => f.write_str("malformed ZAP"),
+            Error::NotFound => f.write_str("no such ZAP entry"),
+            Error::UnsupportedFeature(ref n) => write!(f, "pool needs unsupported read feature {n}"),
+            Error::LimitExceeded => f.write_str("structure exceeds a reader limit"),
         }
     }
 }

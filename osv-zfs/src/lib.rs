@@ -17,19 +17,40 @@
 //! 5. **ZPL**: files, directories, symlinks and attributes inside a
 //!    filesystem objset.
 //!
-//! **What exists now:** layers 1 and 2, for devices in either byte order:
-//! labels with verified checksums (a corrupt copy is reported and the others
-//! used), the XDR nvlist decoder (every `data_type_t`) and an encoder, the
-//! uberblock ring and the choice of the active uberblock, block pointer
-//! decoding, and the `osv-zfs labels` host tool. **Next:** reading blocks
-//! through block pointers (DVAs, fletcher checksums, decompression, mirror
-//! and raidz), then the MOS, datasets and the ZPL.
+//! **What exists now:** layers 1 to 4, for devices in either byte order:
+//!
+//! - labels with verified checksums (a corrupt copy is reported and the
+//!   others used), the XDR [`nvlist`] decoder and encoder, the uberblock
+//!   ring and the choice of the active uberblock;
+//! - block pointers ([`blkptr`]: normal, embedded, holes, gang, ditto
+//!   copies), block checksums ([`checksum`]: fletcher2 and fletcher4 in both
+//!   byte orders, SHA-256, the embedded checksums of labels, gang headers
+//!   and ZIL blocks), decompression ([`compress`]: lzjb, lz4, zle, gzip, zstd);
+//! - the vdev tree (`vdev`: single disk/file, mirror, raidz1/2/3 with one or
+//!   two missing or corrupt columns rebuilt from parity P and Q) and
+//!   `pool::BlockReader`;
+//! - objsets and dnodes ([`dnode`]: bonus buffers, large dnodes, indirect
+//!   trees with holes), micro and fat [`zap`] objects, the DSL ([`dsl`]:
+//!   directories, datasets, snapshots, clones), read feature flags
+//!   ([`feature`]: a pool needing one we lack is refused, naming it);
+//! - `pool::Pool`: open a pool from its vdev devices, list its datasets;
+//! - the host tool: `osv-zfs labels` and `osv-zfs datasets`.
+//!
+//! **Next:** the ZPL (system attributes, directories, files, symlinks) and
+//! `osv-zfs ls`/`cat`/`manifest`/`verify`; raidz3 reconstruction of three
+//! columns (R).
 //!
 //! # Design
 //!
 //! - Untrusted bytes in, no panics out: every structure is read through
 //!   checked accessors, every count is bounded by the bytes that remain, and
-//!   every failure is an [`Error`], a small `Copy` enum.
+//!   every failure is an [`Error`], a small `Copy` enum. Recursion is
+//!   bounded: nvlist nesting, vdev tree depth, indirect levels
+//!   (`dn_nlevels` checked), gang nesting; walks are bounded in count (ZAP
+//!   entries, DSL directories) and never revisit a directory.
+//! - Nothing is trusted without its checksum: a block is returned only when
+//!   it matched its block pointer's checksum on some copy (DVA, mirror side,
+//!   raidz reconstruction); otherwise the read fails.
 //! - Byte order is detected per structure (uberblock magic, checksum trailer
 //!   magic, block pointer bit); nvlists are XDR, always big-endian.
 //! - The crate reads through its own [`BlockDevice`] trait and depends on no
@@ -40,8 +61,11 @@
 //! # Features
 //!
 //! - (none): the checked parsers ([`checksum`], [`uberblock`], [`blkptr`],
-//!   [`label::read_vdev_phys`], [`label::read_uberblock`]), no heap.
-//! - `alloc`: the decoded `nvlist::NvList` and `label::VdevLabels`.
+//!   [`label::read_vdev_phys`], [`label::read_uberblock`], [`dnode`],
+//!   [`zap`], [`dsl`]) and the lzjb/lz4/zle/gzip decoders, no heap.
+//! - `alloc`: the decoded `nvlist::NvList` and `label::VdevLabels`, the
+//!   vdev tree, `pool::BlockReader` and `pool::Pool`, zstd (through
+//!   `ruzstd`).
 //! - `std`: `FileDevice`.
 //! - `cli`: the `osv-zfs` binary.
 //!
@@ -75,6 +99,24 @@
 //! assert!(labels.active_uberblock().is_none()); // no uberblock written
 //! # }
 //! ```
+//!
+//! Blocks are checked against their block pointer's checksum, then
+//! decompressed (both without a heap):
+//!
+//! ```
+//! use osv_zfs::checksum::fletcher_4;
+//! use osv_zfs::compress::{decompress, func};
+//! use osv_zfs::Endian;
+//!
+//! // ZFS's lz4: a big-endian length, then an LZ4 block (a literal 'z', a
+//! // match of 7 at offset 1, a final literal '!').
+//! let block = [0, 0, 0, 6, 0x13, b'z', 1, 0, 0x10, b'!'];
+//! let mut out = [0u8; 9];
+//! decompress(func::LZ4, &block, &mut out).unwrap();
+//! assert_eq!(&out, b"zzzzzzzz!");
+//! // fletcher4 over the words 1, 2: a = 3, b = 4, c = 5, d = 6.
+//! assert_eq!(fletcher_4(&[1, 0, 0, 0, 2, 0, 0, 0], Endian::Little).0, [3, 4, 5, 6]);
+//! ```
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
@@ -86,11 +128,20 @@ extern crate std;
 pub mod blkptr;
 mod bytes;
 pub mod checksum;
+pub mod compress;
 pub mod device;
+pub mod dnode;
+pub mod dsl;
 mod error;
+pub mod feature;
 pub mod label;
 pub mod nvlist;
+#[cfg(feature = "alloc")]
+pub mod pool;
 pub mod uberblock;
+#[cfg(feature = "alloc")]
+pub mod vdev;
+pub mod zap;
 
 pub use bytes::Endian;
 #[cfg(feature = "std")]

@@ -1,24 +1,32 @@
 //! `osv-zfs`: inspect OpenZFS pools from the host.
 //!
 //! ```text
-//! osv-zfs labels FILE...   each label's status and config, and the active uberblock
+//! osv-zfs labels FILE...               each label's status and config, and the active uberblock
+//! osv-zfs datasets DIR_OR_FILE...       the datasets of the pool on these vdevs
 //! ```
 
 use osv_zfs::label::VdevLabels;
+use osv_zfs::pool::{DatasetKind, Pool};
 use osv_zfs::FileDevice;
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: osv-zfs labels FILE...\n\
+const USAGE: &str = "usage: osv-zfs labels FILE...\n       \
+    osv-zfs datasets DIR_OR_FILE...\n\
     \n\
     commands:\n  \
       labels FILE...  print each vdev label (status and config nvlist) and the\n                  \
-                      active uberblock of every vdev file\n";
+                      active uberblock of every vdev file\n  \
+      datasets DIR_OR_FILE...\n                  \
+                      open the pool on these vdev files (a directory: every file\n                  \
+                      in it) and list its datasets, one per line, sorted:\n                  \
+                      NAME TYPE OBJSET ID CR_TXG OBJECTS ORIGIN (tab-separated)\n";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("labels") if args.len() > 1 => labels(&args[1..]),
+        Some("datasets") if args.len() > 1 => datasets(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             ExitCode::SUCCESS
@@ -101,4 +109,87 @@ fn render(out: &mut String, path: &str, labels: &VdevLabels) -> std::fmt::Result
         None => writeln!(out, "ACTIVE UBERBLOCK: none")?,
     }
     Ok(())
+}
+
+/// The vdev files named by `args`: files as given, directories expanded to
+/// the regular files under them (sorted, a few levels deep) that carry a
+/// valid label.
+fn vdev_files(args: &[String]) -> Result<Vec<std::path::PathBuf>, String> {
+    fn walk(dir: &std::path::Path, depth: usize, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                if depth < 4 {
+                    walk(&p, depth + 1, out)?;
+                }
+            } else if p.is_file() {
+                let has_label = FileDevice::open(&p)
+                    .ok()
+                    .and_then(|mut d| VdevLabels::read(&mut d).ok())
+                    .is_some_and(|l| l.config().is_some());
+                if has_label {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for arg in args {
+        let p = std::path::PathBuf::from(arg);
+        if p.is_dir() {
+            walk(&p, 0, &mut files).map_err(|e| format!("{arg}: cannot read directory: {e}"))?;
+        } else {
+            files.push(p);
+        }
+    }
+    if files.is_empty() {
+        return Err(format!("no vdev file with a valid label in {}", args.join(" ")));
+    }
+    Ok(files)
+}
+
+/// Opens the pool and prints its datasets.
+fn datasets(args: &[String]) -> ExitCode {
+    match render_datasets(args) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(msg) => {
+            eprintln!("osv-zfs: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn render_datasets(args: &[String]) -> Result<String, String> {
+    let files = vdev_files(args)?;
+    let mut devs = Vec::new();
+    for f in &files {
+        devs.push(FileDevice::open(f).map_err(|e| format!("{}: cannot open: {e}", f.display()))?);
+    }
+    let mut pool = Pool::open(devs).map_err(|e| format!("cannot open pool: {e}"))?;
+    let list = pool.datasets().map_err(|e| format!("pool {}: {e}", pool.name))?;
+    let mut out = String::new();
+    for d in &list {
+        let ty = match (d.kind, d.os_type) {
+            (DatasetKind::Snapshot, _) => "snapshot",
+            (DatasetKind::Head, 2) => "filesystem",
+            (DatasetKind::Head, 3) => "volume",
+            (DatasetKind::Head, _) => "other",
+        };
+        let origin = d.origin.as_deref().unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "{}\t{ty}\t{}\t{}\t{}\t{}\t{origin}",
+            d.name,
+            d.os_type_name(),
+            d.id,
+            d.creation_txg,
+            d.objects
+        );
+    }
+    Ok(out)
 }

@@ -71,3 +71,45 @@ fn prints_labels_and_active_uberblock_of_real_pools() {
     assert!(stdout.contains("name: 'zfs-broken-mirror'"));
     assert!(stdout.contains("name: 'v1-pool'"));
 }
+
+#[test]
+fn datasets_lists_real_pools_and_fails_cleanly() {
+    assert_eq!(osv_zfs(&["datasets"]).status.code(), Some(2));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let zeros = dir.join("osv-zfs-cli-ds-zeros.img");
+    std::fs::File::create(&zeros).unwrap().set_len(4 << 20).unwrap();
+    let out = osv_zfs(&["datasets", zeros.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot open pool: no valid vdev label"), "{}", text(&out.stderr));
+    let empty = dir.join("osv-zfs-cli-ds-empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = osv_zfs(&["datasets", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no vdev file with a valid label"));
+
+    let Some(pools) = common::pools() else { return };
+    // A directory holding the vdev files of one pool (raidz1 over 4).
+    let zol = pools.iter().find(|p| p.name == "zol-0.6.2").unwrap();
+    let parent = zol.files[0].parent().unwrap().to_str().unwrap().to_string();
+    let out = osv_zfs(&["datasets", &parent]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "zol-0.6.2\tfilesystem\tZPL\t21\t1\t8\t-\n\
+         zol-0.6.2/clone\tfilesystem\tZPL\t49\t111\t247\tzol-0.6.2/fs@snap\n\
+         zol-0.6.2/fs\tfilesystem\tZPL\t40\t48\t247\t-\n\
+         zol-0.6.2/fs@snap\tsnapshot\tZPL\t44\t107\t170\t-\n"
+    );
+    // Separate files of a mirror, one of them with a corrupt label.
+    let files: Vec<String> = pools
+        .iter()
+        .filter(|p| p.name.starts_with("zfs-broken-mirror"))
+        .flat_map(|p| &p.files)
+        .map(|f| f.to_str().unwrap().to_string())
+        .collect();
+    let mut args = vec!["datasets"];
+    args.extend(files.iter().map(String::as_str));
+    let out = osv_zfs(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "zfs-broken-mirror\tfilesystem\tZPL\t5\t4\t4\t-\n");
+}
