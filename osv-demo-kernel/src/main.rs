@@ -19,6 +19,7 @@ mod fs;
 mod heap;
 mod ktest;
 mod tests;
+mod virtio;
 
 use osv_boot::rt::{exit, ExitCode};
 use osv_boot::{println, BootInfo};

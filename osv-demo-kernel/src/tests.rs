@@ -4,6 +4,7 @@ use crate::check;
 use crate::ktest::{Outcome, Test};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use osv_boot::rt::{self, probe};
@@ -24,6 +25,8 @@ pub static ALL: &[Test] = &[
     Test { name: "boot::sse_state_survives_interrupts", run: sse_survives_interrupts },
     Test { name: "vfs::ramfs_file_io_through_descriptors", run: vfs_file_io },
     Test { name: "vfs::namespace_operations_and_no_leaks", run: vfs_namespace },
+    Test { name: "virtio::blk_write_read_flush", run: virtio_blk },
+    Test { name: "virtio::rng_fills_random_bytes", run: virtio_rng },
 ];
 
 /// Added by `test.fail` on the command line.
@@ -326,5 +329,131 @@ fn vfs_namespace(_: &'static BootInfo) -> Outcome {
     v.drop_caches();
     let live = crate::fs::root().live_nodes();
     check!(live == live_before, "ramfs nodes: {live_before} before, {live} after removing everything");
+    Ok(())
+}
+
+/// The device of `kind`, or a skip (or, when the runner said it attached
+/// one with `expect=virtio-...`, a failure).
+fn find_device(
+    boot: &'static BootInfo,
+    kind: osv_virtio::DeviceType,
+    name: &str,
+) -> Result<crate::virtio::Found, crate::ktest::NotPassed> {
+    let expected = boot.cmdline.value("expect").is_some_and(|e| e.split(',').any(|x| x == name));
+    match crate::virtio::discover(boot.cmdline.as_str()).into_iter().find(|f| f.kind == kind) {
+        Some(f) => Ok(f),
+        None if expected => Err(alloc::format!("no {name} device, but the runner attached one").into()),
+        None => Err(crate::ktest::NotPassed::Skipped(alloc::format!(
+            "no {name} device (QEMU started without one)"
+        ))),
+    }
+}
+
+/// xorshift64*: a seeded, repeatable stream for test data.
+struct TestRng(u64);
+
+impl TestRng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn virtio_blk(boot: &'static BootInfo) -> Outcome {
+    use crate::virtio::AnyTransport;
+    let f = find_device(boot, osv_virtio::DeviceType::Block, "virtio-blk")?;
+    osv_boot::println!("  virtio-blk at {}", f.location);
+    match f.transport {
+        AnyTransport::Mmio(t) => blk_exercise(t),
+        AnyTransport::Pci(t) => blk_exercise(t),
+    }
+}
+
+fn blk_exercise<T: osv_virtio::Transport>(t: T) -> Outcome {
+    use osv_virtio::BlockDevice;
+    let mut blk =
+        osv_virtio::VirtIOBlk::new(&crate::virtio::HeapHal, t).map_err(|e| alloc::format!("init: {e:?}"))?;
+    let sector = u64::from(blk.sector_size());
+    let size = blk.size_bytes();
+    check!(sector >= 512 && size >= 1 << 20, "sector {sector}, size {size}");
+    let sectors = size / 512;
+    // Random 1-8 sector writes across the whole disk, each with its own
+    // pattern, then read every one back.
+    let mut rng = TestRng(0x9e37_79b9_7f4a_7c15 ^ arch::rdtsc());
+    let mut written: Vec<(u64, Vec<u8>)> = Vec::new();
+    for i in 0..32u64 {
+        let count = 1 + rng.next() % 8;
+        // Keep the regions disjoint: one per 1/32 of the disk.
+        let slot = sectors / 32;
+        let start = (i * slot + rng.next() % (slot - count)).max(1);
+        let data: Vec<u8> = (0..count * 512).map(|_| rng.next() as u8).collect();
+        blk.write_blocks(start, &data).map_err(|e| alloc::format!("write at {start}: {e:?}"))?;
+        written.push((start, data));
+    }
+    // A known sector the runner checks in the image file after QEMU exits
+    // (proof that the data reached the host's disk, not just a cache).
+    blk.write_blocks(0, &host_check_sector()).map_err(|e| alloc::format!("write sector 0: {e:?}"))?;
+    // The last sector, exactly.
+    let last = alloc::vec![0xa5u8; 512];
+    blk.write_blocks(sectors - 1, &last).map_err(|e| alloc::format!("write last: {e:?}"))?;
+    blk.flush().map_err(|e| alloc::format!("flush: {e:?}"))?;
+    for (start, data) in &written {
+        let mut back = alloc::vec![0u8; data.len()];
+        blk.read_blocks(*start, &mut back).map_err(|e| alloc::format!("read at {start}: {e:?}"))?;
+        check!(&back == data, "sector {start}: read back differs");
+    }
+    let mut back = alloc::vec![0u8; 512];
+    blk.read_blocks(sectors - 1, &mut back).map_err(|e| alloc::format!("read last: {e:?}"))?;
+    check!(back == last);
+    // One past the end is an error, not a device request.
+    check!(blk.read_blocks(sectors, &mut back).is_err(), "read past the end succeeded");
+    Ok(())
+}
+
+/// Sector 0 as the runner expects it: a signature line, then bytes 0..=255
+/// repeating (`xtask/src/stages.rs` checks the same layout).
+fn host_check_sector() -> Vec<u8> {
+    let sig = b"osv-demo-kernel virtio-blk test sector\n";
+    let mut v: Vec<u8> = (0..512u32).map(|i| i as u8).collect();
+    v[..sig.len()].copy_from_slice(sig);
+    v
+}
+
+fn virtio_rng(boot: &'static BootInfo) -> Outcome {
+    use crate::virtio::AnyTransport;
+    let f = find_device(boot, osv_virtio::DeviceType::Rng, "virtio-rng")?;
+    osv_boot::println!("  virtio-rng at {}", f.location);
+    match f.transport {
+        AnyTransport::Mmio(t) => rng_exercise(t),
+        AnyTransport::Pci(t) => rng_exercise(t),
+    }
+}
+
+fn rng_exercise<T: osv_virtio::Transport>(t: T) -> Outcome {
+    let mut rng =
+        osv_virtio::VirtIORng::new(&crate::virtio::HeapHal, t).map_err(|e| alloc::format!("init: {e:?}"))?;
+    let mut a = [0u8; 256];
+    let mut b = [0u8; 256];
+    let mut fill = |buf: &mut [u8]| -> Result<(), String> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = rng.fill(&mut buf[done..]).map_err(|e| alloc::format!("fill: {e:?}"))?;
+            if n == 0 {
+                return Err("the device returned no bytes".into());
+            }
+            done += n;
+        }
+        Ok(())
+    };
+    fill(&mut a)?;
+    fill(&mut b)?;
+    check!(a != b, "two reads returned the same 256 bytes");
+    // About half of the 2048 bits set: the mean is 1024 and the standard
+    // deviation 22.6, so this bound (11 deviations) only fails a stuck,
+    // zeroed or heavily biased source.
+    let ones: u32 = a.iter().map(|x| x.count_ones()).sum();
+    check!((768..=1280).contains(&ones), "{ones} of 2048 bits set");
     Ok(())
 }

@@ -67,6 +67,15 @@ pub fn elf_sizes(elf: &Path) -> Result<(u64, u64, u64), String> {
     Ok((data.len() as u64, file_bytes, mem_bytes))
 }
 
+/// A fresh 16 MiB zero-filled raw disk image under `target/`, for the
+/// virtio-blk device the in-kernel tests write to.
+pub fn scratch_disk(name: &str) -> Result<PathBuf, String> {
+    let path = workspace_root().join("target").join(name);
+    let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.set_len(16 << 20).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
 struct Args(Vec<String>);
 
 impl Args {
@@ -155,9 +164,11 @@ fn cmd_run(mut args: Args) -> Result<(), String> {
         mem / 1024,
         machine.name()
     );
+    let disk = scratch_disk("run-disk.img")?;
     let mut b = qemu::Boot::new(&elf, machine);
     b.append = append;
     b.smp = smp;
+    b.disk = Some(&disk);
     b.timeout = Duration::from_secs(timeout);
     let sym = qemu::Symbolizer::new(&elf);
     let run = qemu::boot(&b, sym.as_ref()).map_err(|e| format!("starting QEMU: {e}"))?;

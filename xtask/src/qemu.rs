@@ -49,6 +49,10 @@ pub struct Boot<'a> {
     pub echo: bool,
     /// Boot exactly as the README's plain command does (no -machine, no -m).
     pub plain: bool,
+    /// A raw disk image to attach as a virtio-blk device, with a virtio-rng
+    /// device beside it (virtio-mmio on `microvm`, modern virtio-pci
+    /// otherwise); the kernel is told to expect both.
+    pub disk: Option<&'a Path>,
 }
 
 impl<'a> Boot<'a> {
@@ -62,6 +66,7 @@ impl<'a> Boot<'a> {
             timeout: Duration::from_secs(300),
             echo: true,
             plain: false,
+            disk: None,
         }
     }
 
@@ -76,8 +81,27 @@ impl<'a> Boot<'a> {
         c.args(["-display", "none", "-no-reboot"]);
         c.arg("-kernel").arg(self.kernel);
         c.args(["-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
-        if !self.append.is_empty() {
-            c.args(["-append", &self.append]);
+        let mut append = self.append.clone();
+        if let Some(disk) = self.disk {
+            let mut drive = std::ffi::OsString::from("file=");
+            drive.push(disk);
+            drive.push(",if=none,id=vd0,format=raw,cache=unsafe");
+            c.arg("-drive").arg(drive);
+            if self.machine == Machine::Microvm {
+                // Modern (version 2) virtio-mmio registers.
+                c.args(["-global", "virtio-mmio.force-legacy=false"]);
+                c.args(["-device", "virtio-blk-device,drive=vd0", "-device", "virtio-rng-device"]);
+            } else {
+                c.args(["-device", "virtio-blk-pci,drive=vd0,disable-legacy=on"]);
+                c.args(["-device", "virtio-rng-pci,disable-legacy=on"]);
+            }
+            if !append.is_empty() {
+                append.push(' ');
+            }
+            append.push_str("expect=virtio-blk,virtio-rng");
+        }
+        if !append.is_empty() {
+            c.args(["-append", &append]);
         }
         c
     }

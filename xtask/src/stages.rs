@@ -244,11 +244,22 @@ fn no_std_check(root: &Path) -> StageResult {
 }
 
 fn kernel_tests(elf: &Path, machine: Machine, plain: bool, sym: Option<&Symbolizer>) -> StageResult {
+    let disk = crate::scratch_disk(&format!("test-disk-{}.img", machine.name()))?;
     let mut b = Boot::new(elf, machine);
     b.plain = plain;
+    if !plain {
+        b.disk = Some(&disk);
+    }
     b.timeout = Duration::from_secs(240);
     let run = qemu::boot(&b, sym).map_err(|e| format!("starting QEMU: {e}"))?;
     match judge(run.status, run.timed_out, &run.lines) {
+        Verdict::Passed { passed } if !plain => {
+            check_disk_sector(&disk)?;
+            Ok(format!(
+                "{passed} in-kernel tests passed in {:.1} s; the guest's virtio-blk write is in the image",
+                run.wall.as_secs_f64()
+            ))
+        }
         Verdict::Passed { passed } => {
             Ok(format!("{passed} in-kernel tests passed in {:.1} s", run.wall.as_secs_f64()))
         }
@@ -256,6 +267,19 @@ fn kernel_tests(elf: &Path, machine: Machine, plain: bool, sym: Option<&Symboliz
             Err(format!("{why}\nlast serial lines:\n{}{}", tail(&run.lines, 20), stderr(&run)))
         }
     }
+}
+
+/// The sector the in-kernel virtio-blk test writes at offset 0
+/// (`host_check_sector` in osv-demo-kernel/src/tests.rs).
+fn check_disk_sector(disk: &Path) -> Result<(), String> {
+    let data = fs::read(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
+    let sig = b"osv-demo-kernel virtio-blk test sector\n";
+    let mut want: Vec<u8> = (0..512u32).map(|i| i as u8).collect();
+    want[..sig.len()].copy_from_slice(sig);
+    if data.get(..512) != Some(&want[..]) {
+        return Err(format!("{}: sector 0 does not hold what the guest wrote", disk.display()));
+    }
+    Ok(())
 }
 
 fn tail(lines: &[String], n: usize) -> String {

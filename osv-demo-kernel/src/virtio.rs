@@ -1,0 +1,181 @@
+//! virtio devices for the demo kernel (osv-virtio): discovery on both
+//! machine types, the DMA `Hal` over the heap, and the transports.
+//!
+//! - `q35`/`pc`: PCI configuration mechanism #1 (ports `0xcf8`/`0xcfc`),
+//!   modern virtio-pci functions, BARs in the identity-mapped 0-4 GiB.
+//! - `microvm` (no PCI): `virtio_mmio.device=` entries of the command line
+//!   if the loader passed any, else QEMU microvm's fixed transport window
+//!   (`VIRTIO_MMIO_BASE` 0xfeb00000, 512-byte slots; QEMU
+//!   `include/hw/i386/microvm.h`). Only modern (version 2) registers are
+//!   driven: QEMU needs `-global virtio-mmio.force-legacy=false`.
+
+use alloc::alloc::{alloc_zeroed, dealloc, Layout};
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+use osv_boot::arch;
+use osv_virtio::transport::mmio::cmdline_devices;
+use osv_virtio::transport::pci::{Bdf, PciEnumerator, VirtioPciDevice};
+use osv_virtio::{
+    BarMapper, DeviceType, Hal, MmioTransport, PciConfig, PciTransport, PhysAddr, Transport, VolatileMmio,
+    PAGE_SIZE,
+};
+
+/// Everything below 4 GiB is identity-mapped by osv-boot's page tables.
+const IDENTITY_LIMIT: u64 = 1 << 32;
+
+/// DMA memory from the kernel heap: page-aligned, zeroed, and (identity
+/// map) at the same physical address as its virtual one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeapHal;
+
+fn layout(pages: usize) -> Option<Layout> {
+    Layout::from_size_align(pages.checked_mul(PAGE_SIZE)?, PAGE_SIZE).ok()
+}
+
+// SAFETY: `dma_alloc` returns zeroed, page-aligned memory owned by the
+// caller until `dma_dealloc`; its physical address is its virtual address
+// (identity map, checked below 4 GiB); `virt_to_phys` is the identity there.
+unsafe impl Hal for HeapHal {
+    fn dma_alloc(&self, pages: usize) -> Option<(PhysAddr, NonNull<u8>)> {
+        let l = layout(pages)?;
+        if l.size() == 0 {
+            return None;
+        }
+        // SAFETY: the layout has a non-zero size.
+        let p = NonNull::new(unsafe { alloc_zeroed(l) })?;
+        let end = (p.as_ptr() as u64).checked_add(l.size() as u64)?;
+        if end > IDENTITY_LIMIT {
+            // SAFETY: just allocated with this layout.
+            unsafe { dealloc(p.as_ptr(), l) };
+            return None;
+        }
+        Some((PhysAddr::new(p.as_ptr() as u64), p))
+    }
+
+    unsafe fn dma_dealloc(&self, _paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) {
+        if let Some(l) = layout(pages) {
+            // SAFETY: the caller passes back what `dma_alloc` returned for
+            // `pages`, so it was allocated with this layout.
+            unsafe { dealloc(vaddr.as_ptr(), l) };
+        }
+    }
+
+    fn virt_to_phys(&self, vaddr: *const u8) -> Option<PhysAddr> {
+        let a = vaddr as u64;
+        (a < IDENTITY_LIMIT).then_some(PhysAddr::new(a))
+    }
+}
+
+/// PCI configuration mechanism #1.
+pub struct PortConfig;
+
+const CONFIG_ADDRESS: u16 = 0xcf8;
+const CONFIG_DATA: u16 = 0xcfc;
+
+impl PciConfig for PortConfig {
+    fn read32(&self, bdf: Bdf, offset: u8) -> u32 {
+        arch::without_interrupts(|| {
+            // SAFETY: ring 0; the PCI configuration ports belong to the
+            // kernel, and interrupts are off across the address/data pair.
+            unsafe {
+                arch::outl(CONFIG_ADDRESS, bdf.config_address(offset));
+                arch::inl(CONFIG_DATA)
+            }
+        })
+    }
+
+    fn write32(&self, bdf: Bdf, offset: u8, value: u32) {
+        arch::without_interrupts(|| {
+            // SAFETY: as in `read32`; the caller (the transport) owns the
+            // function whose register it writes.
+            unsafe {
+                arch::outl(CONFIG_ADDRESS, bdf.config_address(offset));
+                arch::outl(CONFIG_DATA, value);
+            }
+        })
+    }
+}
+
+/// BARs below 4 GiB are already mapped (identity, uncached in the top GiB).
+struct IdentityBars;
+
+impl BarMapper for IdentityBars {
+    type Region = VolatileMmio;
+    fn map(&mut self, phys: PhysAddr, len: usize) -> Option<VolatileMmio> {
+        let end = phys.as_u64().checked_add(len as u64)?;
+        if end > IDENTITY_LIMIT || !phys.as_u64().is_multiple_of(4) {
+            return None;
+        }
+        let base = NonNull::new(phys.as_u64() as *mut u8)?;
+        // SAFETY: the range is a BAR the PCI probe read from the function's
+        // configuration, identity-mapped uncached; the transport owns it.
+        Some(unsafe { VolatileMmio::new(base, len) })
+    }
+}
+
+/// A transport of either kind.
+pub enum AnyTransport {
+    Mmio(MmioTransport<VolatileMmio>),
+    Pci(PciTransport<VolatileMmio>),
+}
+
+/// A device found on the machine, not yet driven.
+pub struct Found {
+    pub kind: DeviceType,
+    pub transport: AnyTransport,
+    pub location: alloc::string::String,
+}
+
+/// Whether a PCI host bridge answers at 00:00.0.
+pub fn has_pci() -> bool {
+    let Some(bdf) = Bdf::new(0, 0, 0) else { return false };
+    PortConfig.read32(bdf, 0) & 0xffff != 0xffff
+}
+
+/// QEMU microvm's virtio-mmio window (`include/hw/i386/microvm.h`).
+const MICROVM_MMIO_BASE: u64 = 0xfeb0_0000;
+const MICROVM_MMIO_SLOT: u64 = 0x200;
+const MICROVM_MMIO_SLOTS: u64 = 24;
+
+/// Finds every virtio device this kernel can drive.
+pub fn discover(cmdline: &str) -> Vec<Found> {
+    let mut out = Vec::new();
+    if has_pci() {
+        for f in PciEnumerator::new(PortConfig).filter(|f| f.is_virtio()) {
+            let Ok(dev) = VirtioPciDevice::probe(&PortConfig, f.bdf) else { continue };
+            let Ok(t) = PciTransport::new(&PortConfig, &dev, &mut IdentityBars) else { continue };
+            if let Some(kind) = DeviceType::from_id(t.device_id()) {
+                let location =
+                    alloc::format!("pci {:02x}:{:02x}.{}", f.bdf.bus(), f.bdf.device(), f.bdf.function());
+                out.push(Found { kind, transport: AnyTransport::Pci(t), location });
+            }
+        }
+        return out;
+    }
+    let mut windows: Vec<(u64, u64)> =
+        cmdline_devices(cmdline).filter_map(|d| d.ok()).map(|d| (d.base.as_u64(), d.size)).collect();
+    if windows.is_empty() {
+        windows = (0..MICROVM_MMIO_SLOTS)
+            .map(|i| (MICROVM_MMIO_BASE + i * MICROVM_MMIO_SLOT, MICROVM_MMIO_SLOT))
+            .collect();
+    }
+    for (base, size) in windows {
+        if base.checked_add(size).is_none_or(|e| e > IDENTITY_LIMIT) || !base.is_multiple_of(4) {
+            continue;
+        }
+        let Some(ptr) = NonNull::new(base as *mut u8) else { continue };
+        // SAFETY: a virtio-mmio register window (from the loader's command
+        // line or QEMU microvm's fixed layout), identity-mapped uncached;
+        // the transport validates the magic and version before anything else.
+        let regs = unsafe { VolatileMmio::new(ptr, size as usize) };
+        let Ok(t) = MmioTransport::new(regs) else { continue };
+        if let Some(kind) = DeviceType::from_id(t.device_id()) {
+            out.push(Found {
+                kind,
+                transport: AnyTransport::Mmio(t),
+                location: alloc::format!("mmio {base:#x}"),
+            });
+        }
+    }
+    out
+}
