@@ -12,9 +12,9 @@
 //!        └─ ramfs        files (sparse), directories, symlinks, hard links
 //! ```
 //!
-//! The crate always needs a heap (`alloc`): names, directory maps, file data
-//! and the tables live there. The `alloc` feature is accepted but changes
-//! nothing; `std` adds [`StdClock`]. There is no global state: the kernel owns
+//! The VFS needs a heap: names, directory maps, file data and the tables live
+//! there. It is behind the `alloc` feature, on by default; without it only
+//! [`Errno`] and [`Result`] remain. `std` adds `StdClock`. There is no global state: the kernel owns
 //! a [`Vfs`] value and passes it around (one process: the unikernel).
 //!
 //! # Why trait objects for the operation tables
@@ -96,21 +96,30 @@
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
+#[cfg(feature = "alloc")]
 extern crate alloc;
 
+#[cfg(feature = "alloc")]
 mod cache;
+#[cfg(feature = "alloc")]
 mod ops;
+#[cfg(feature = "alloc")]
 pub mod ramfs;
+#[cfg(feature = "alloc")]
 mod sync;
+#[cfg(feature = "alloc")]
 mod vfs;
 
 #[cfg(feature = "std")]
 pub use ops::StdClock;
+#[cfg(feature = "alloc")]
 pub use ops::{
     Clock, Dirent, FsOps, HoleSeek, PollEvents, SetAttr, Stat, StatFs, Timespec, VType, VnodeOps, VnodeRef,
     WritePos, ZeroClock,
 };
+#[cfg(feature = "alloc")]
 pub use ramfs::RamFs;
+#[cfg(feature = "alloc")]
 pub use vfs::{Fd, OpenFlags, Vfs, Whence, FD_LIMIT, MAX_SYMLINKS, NAME_MAX, PATH_MAX};
 
 /// The result type of this crate: errors are [`Errno`] values.

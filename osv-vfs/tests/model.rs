@@ -1,6 +1,7 @@
 //! Random operation sequences against a simple model filesystem (a
 //! `BTreeMap` of canonical paths to nodes): the VFS over ramfs must agree on
 //! every result and error code, and every vnode must be gone at the end.
+#![cfg(feature = "alloc")]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
