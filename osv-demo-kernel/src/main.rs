@@ -19,6 +19,7 @@ mod fs;
 mod heap;
 mod ktest;
 mod tests;
+mod threads;
 mod virtio;
 
 use osv_boot::rt::{exit, ExitCode};

@@ -10,6 +10,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use osv_boot::rt::{self, probe};
 use osv_boot::trap::{vector, TrapFrame};
 use osv_boot::{arch, BootInfo};
+use osv_sched::hal::ContextSwitch;
 
 pub static ALL: &[Test] = &[
     Test { name: "exceptions::breakpoint_is_caught_and_resumed", run: breakpoint },
@@ -25,6 +26,7 @@ pub static ALL: &[Test] = &[
     Test { name: "boot::sse_state_survives_interrupts", run: sse_survives_interrupts },
     Test { name: "vfs::ramfs_file_io_through_descriptors", run: vfs_file_io },
     Test { name: "vfs::namespace_operations_and_no_leaks", run: vfs_namespace },
+    Test { name: "sched::context_switch_ping_pong", run: context_switch },
     Test { name: "virtio::blk_write_read_flush", run: virtio_blk },
     Test { name: "virtio::rng_fills_random_bytes", run: virtio_rng },
 ];
@@ -455,5 +457,155 @@ fn rng_exercise<T: osv_virtio::Transport>(t: T) -> Outcome {
     // zeroed or heavily biased source.
     let ones: u32 = a.iter().map(|x| x.count_ones()).sum();
     check!((768..=1280).contains(&ones), "{ones} of 2048 bits set");
+    Ok(())
+}
+
+/// Shared state of the context-switch test: the three contexts and the
+/// counters, reached from the threads through a pointer passed as their
+/// argument.
+struct PingPong {
+    main: osv_boot::rt::context::Context,
+    a: osv_boot::rt::context::Context,
+    b: osv_boot::rt::context::Context,
+    rounds: u64,
+    count: u64,
+    a_mxcsr_ok: bool,
+    b_mxcsr_ok: bool,
+}
+
+fn read_mxcsr() -> u32 {
+    let mut v = 0u32;
+    // SAFETY: stores MXCSR into a local.
+    unsafe { core::arch::asm!("stmxcsr [{}]", in(reg) &raw mut v, options(nostack)) };
+    v
+}
+
+fn write_mxcsr(v: u32) {
+    // SAFETY: loads a valid MXCSR value (only the rounding-control bits
+    // differ from the default; all exceptions stay masked).
+    unsafe { core::arch::asm!("ldmxcsr [{}]", in(reg) &raw const v, options(nostack)) };
+}
+
+/// Round-down instead of round-to-nearest (MXCSR.RC = 01, SDM vol. 1 §10.2.3.3).
+const MXCSR_ROUND_DOWN: u32 = 0x1f80 | (1 << 13);
+
+/// Switches from `from` to `to`, both fields of the `PingPong` at `p`.
+///
+/// # Safety
+/// `p` is the live `PingPong` of the test, interrupts are off, and `to` was
+/// made by `init` or saved by a switch.
+unsafe fn hop(
+    p: *mut PingPong,
+    from: fn(*mut PingPong) -> *mut osv_boot::rt::context::Context,
+    to: fn(*mut PingPong) -> *mut osv_boot::rt::context::Context,
+) {
+    // SAFETY: the caller's contract; the two contexts are distinct fields,
+    // and only this CPU touches them (the other threads are suspended).
+    unsafe { crate::threads::X86Switch::switch(&mut *from(p), &*to(p)) };
+}
+
+fn ctx_main(p: *mut PingPong) -> *mut osv_boot::rt::context::Context {
+    // SAFETY (of the callers): `p` is live; only the field's address is taken.
+    unsafe { &raw mut (*p).main }
+}
+fn ctx_a(p: *mut PingPong) -> *mut osv_boot::rt::context::Context {
+    // SAFETY: as in `ctx_main`.
+    unsafe { &raw mut (*p).a }
+}
+fn ctx_b(p: *mut PingPong) -> *mut osv_boot::rt::context::Context {
+    // SAFETY: as in `ctx_main`.
+    unsafe { &raw mut (*p).b }
+}
+
+extern "C" fn ping(arg: usize) -> ! {
+    // The `PingPong` the test keeps alive until both threads have switched
+    // back for the last time; one thread runs at a time, and each access
+    // goes through the raw pointer (no reference outlives a switch).
+    let p = arg as *mut PingPong;
+    write_mxcsr(MXCSR_ROUND_DOWN);
+    let mut ok = true;
+    // SAFETY: `p` is live (see above).
+    let rounds = unsafe { (*p).rounds };
+    for _ in 0..rounds {
+        // SAFETY: `p` is live and nobody else runs.
+        unsafe { (*p).count += 1 };
+        // SAFETY: interrupts are off; `b` is alive and suspended.
+        unsafe { hop(p, ctx_a, ctx_b) };
+        ok &= read_mxcsr() == MXCSR_ROUND_DOWN;
+    }
+    // SAFETY: as above; then back to `main`, which waits in its switch.
+    unsafe {
+        (*p).a_mxcsr_ok = ok;
+        hop(p, ctx_a, ctx_main);
+    }
+    unreachable!("the ping thread is never resumed after it finishes")
+}
+
+extern "C" fn pong(arg: usize) -> ! {
+    let p = arg as *mut PingPong;
+    let mut ok = true;
+    loop {
+        ok &= read_mxcsr() == 0x1f80;
+        // SAFETY: as in `ping`.
+        unsafe {
+            (*p).b_mxcsr_ok = ok;
+            (*p).count += 1;
+            hop(p, ctx_b, ctx_a);
+        }
+    }
+}
+
+fn context_switch(boot: &'static BootInfo) -> Outcome {
+    use osv_boot::rt::context::Context;
+    let rounds = 10_000u64;
+    let stack_a = alloc::vec![0u8; 64 * 1024];
+    let stack_b = alloc::vec![0u8; 64 * 1024];
+    let top = |s: &Vec<u8>| (s.as_ptr() as usize + s.len()) & !15;
+    let mut p = Box::new(PingPong {
+        main: Context::default(),
+        a: Context::default(),
+        b: Context::default(),
+        rounds,
+        count: 0,
+        a_mxcsr_ok: false,
+        b_mxcsr_ok: false,
+    });
+    let raw: *mut PingPong = &raw mut *p;
+    // SAFETY: `raw` points at the boxed value, alive for the whole test.
+    unsafe {
+        (*raw).a = crate::threads::X86Switch::init(top(&stack_a), ping, raw as usize);
+        (*raw).b = crate::threads::X86Switch::init(top(&stack_b), pong, raw as usize);
+    }
+    let main_mxcsr = read_mxcsr();
+    let t0 = arch::rdtsc();
+    arch::without_interrupts(|| {
+        // SAFETY: interrupts are off; `a` was made by `init` on a live stack.
+        unsafe { hop(raw, ctx_main, ctx_a) };
+    });
+    let ticks = arch::rdtsc() - t0;
+    check!(p.count == 2 * rounds, "count {} after {rounds} round trips", p.count);
+    check!(p.a_mxcsr_ok && p.b_mxcsr_ok, "a thread's MXCSR leaked into the other");
+    check!(read_mxcsr() == main_mxcsr, "main's MXCSR changed");
+    let switches = 2 * rounds + 2;
+    // Baseline in the same run: as many calls of an empty out-of-line
+    // function (TCG time is emulated: only same-run ratios mean anything).
+    #[inline(never)]
+    extern "C" fn empty(x: u64) -> u64 {
+        core::hint::black_box(x)
+    }
+    let t1 = arch::rdtsc();
+    let mut acc = 0u64;
+    for i in 0..switches {
+        acc = acc.wrapping_add(empty(i));
+    }
+    let call_ticks = (arch::rdtsc() - t1).max(1);
+    core::hint::black_box(acc);
+    osv_boot::println!(
+        "  {switches} switches: {} ns each, {}x an empty function call ({} ns) in the same run",
+        boot.tsc.ticks_to_ns(ticks) / switches,
+        ticks / call_ticks,
+        boot.tsc.ticks_to_ns(call_ticks) / switches
+    );
+    drop((stack_a, stack_b));
     Ok(())
 }

@@ -202,3 +202,41 @@ osv_probe_write_fixup:
     movl $1, %eax
     ret
     .text
+
+/* Thread switch (the System V ABI's callee-saved state: rbx, rbp, r12-r15,
+ * the MXCSR control bits and the x87 control word; the rest of the FPU/SSE
+ * state is caller-saved across this call, and an interrupted thread's full
+ * state is already in its trap frame). */
+    .section .text.osv_context, "ax", @progbits
+    .global osv_context_switch
+osv_context_switch:             /* (save_rsp: *mut u64 %rdi, next_rsp: u64 %rsi) */
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+
+/* First code of a new thread: entry in %r12, argument in %r13 (see
+ * context.rs for the initial frame). */
+    .global osv_thread_trampoline
+osv_thread_trampoline:
+    movq %r13, %rdi
+    callq *%r12
+    ud2
+    .text

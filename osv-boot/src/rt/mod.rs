@@ -10,6 +10,7 @@
 #![allow(unsafe_code)]
 
 mod console;
+pub mod context;
 mod mem;
 mod panic;
 pub mod probe;
