@@ -91,6 +91,16 @@ pub enum Error {
     UnsupportedFeature(crate::feature::FeatureName),
     /// A structure exceeds a limit of this reader (nesting, count, size).
     LimitExceeded,
+    /// System attributes (`sa_hdr_phys_t`, registry, layouts) are malformed.
+    BadSa,
+    /// The dataset is encrypted and cannot be read without its key.
+    Encrypted,
+    /// A path component is not a directory.
+    NotADirectory,
+    /// The object is not a regular file.
+    NotAFile,
+    /// A path names nothing.
+    NoSuchPath,
 }
 
 /// The crate's result type.
@@ -142,6 +152,11 @@ impl fmt::Display for Error {
             Error::NotFound => f.write_str("no such ZAP entry"),
             Error::UnsupportedFeature(ref n) => write!(f, "pool needs unsupported read feature {n}"),
             Error::LimitExceeded => f.write_str("structure exceeds a reader limit"),
+            Error::BadSa => f.write_str("malformed system attributes"),
+            Error::Encrypted => f.write_str("dataset is encrypted"),
+            Error::NotADirectory => f.write_str("not a directory"),
+            Error::NotAFile => f.write_str("not a regular file"),
+            Error::NoSuchPath => f.write_str("no such file or directory"),
         }
     }
 }

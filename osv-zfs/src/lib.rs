@@ -17,7 +17,8 @@
 //! 5. **ZPL**: files, directories, symlinks and attributes inside a
 //!    filesystem objset.
 //!
-//! **What exists now:** layers 1 to 4, for devices in either byte order:
+//! **What exists now:** layers 1 to 5, read-only, for devices in either
+//! byte order:
 //!
 //! - labels with verified checksums (a corrupt copy is reported and the
 //!   others used), the XDR [`nvlist`] decoder and encoder, the uberblock
@@ -34,11 +35,15 @@
 //!   directories, datasets, snapshots, clones), read feature flags
 //!   ([`feature`]: a pool needing one we lack is refused, naming it);
 //! - `pool::Pool`: open a pool from its vdev devices, list its datasets;
-//! - the host tool: `osv-zfs labels` and `osv-zfs datasets`.
+//! - the ZPL ([`zpl`]: the master node, system attributes (registry,
+//!   layouts, bonus and spill buffers) and the old `znode_phys_t` bonus,
+//!   directory entries; `fs`: inodes, directories, file data with holes,
+//!   symlinks, path lookup, a walk of the tree and the manifest, for heads,
+//!   snapshots and clones; encrypted datasets are refused as such);
+//! - the host tool: `osv-zfs labels`, `datasets`, `ls`, `cat`, `manifest`.
 //!
-//! **Next:** the ZPL (system attributes, directories, files, symlinks) and
-//! `osv-zfs ls`/`cat`/`manifest`/`verify`; raidz3 reconstruction of three
-//! columns (R).
+//! **Next:** `osv-zfs verify` (every block of the pool, our `zdb -bcc`),
+//! xattr directories, raidz3 reconstruction of three columns (R), the ZIL.
 //!
 //! # Design
 //!
@@ -62,10 +67,10 @@
 //!
 //! - (none): the checked parsers ([`checksum`], [`uberblock`], [`blkptr`],
 //!   [`label::read_vdev_phys`], [`label::read_uberblock`], [`dnode`],
-//!   [`zap`], [`dsl`]) and the lzjb/lz4/zle/gzip decoders, no heap.
+//!   [`zap`], [`dsl`], [`zpl`]) and the lzjb/lz4/zle/gzip decoders, no heap.
 //! - `alloc`: the decoded `nvlist::NvList` and `label::VdevLabels`, the
-//!   vdev tree, `pool::BlockReader` and `pool::Pool`, zstd (through
-//!   `ruzstd`).
+//!   vdev tree, `pool::BlockReader` and `pool::Pool`, the filesystem reader
+//!   `fs`, zstd (through `ruzstd`).
 //! - `std`: `FileDevice`.
 //! - `cli`: the `osv-zfs` binary.
 //!
@@ -134,6 +139,8 @@ pub mod dnode;
 pub mod dsl;
 mod error;
 pub mod feature;
+#[cfg(feature = "alloc")]
+pub mod fs;
 pub mod label;
 pub mod nvlist;
 #[cfg(feature = "alloc")]
@@ -142,6 +149,7 @@ pub mod uberblock;
 #[cfg(feature = "alloc")]
 pub mod vdev;
 pub mod zap;
+pub mod zpl;
 
 pub use bytes::Endian;
 #[cfg(feature = "std")]

@@ -3,16 +3,25 @@
 //! ```text
 //! osv-zfs labels FILE...               each label's status and config, and the active uberblock
 //! osv-zfs datasets DIR_OR_FILE...       the datasets of the pool on these vdevs
+//! osv-zfs ls [-R] POOLDIR DATASET [PATH] a directory's entries (TYPE SIZE PATH)
+//! osv-zfs cat POOLDIR DATASET PATH      a file's content
+//! osv-zfs manifest POOLDIR              every object of every ZPL dataset
 //! ```
 
+use osv_zfs::fs::{Inode, Zpl};
 use osv_zfs::label::VdevLabels;
 use osv_zfs::pool::{DatasetKind, Pool};
+use osv_zfs::zpl::FileType;
 use osv_zfs::FileDevice;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: osv-zfs labels FILE...\n       \
-    osv-zfs datasets DIR_OR_FILE...\n\
+    osv-zfs datasets DIR_OR_FILE...\n       \
+    osv-zfs ls [-R] POOLDIR DATASET [PATH]\n       \
+    osv-zfs cat POOLDIR DATASET PATH\n       \
+    osv-zfs manifest POOLDIR\n\
     \n\
     commands:\n  \
       labels FILE...  print each vdev label (status and config nvlist) and the\n                  \
@@ -20,13 +29,25 @@ const USAGE: &str = "usage: osv-zfs labels FILE...\n       \
       datasets DIR_OR_FILE...\n                  \
                       open the pool on these vdev files (a directory: every file\n                  \
                       in it) and list its datasets, one per line, sorted:\n                  \
-                      NAME TYPE OBJSET ID CR_TXG OBJECTS ORIGIN (tab-separated)\n";
+                      NAME TYPE OBJSET ID CR_TXG OBJECTS ORIGIN (tab-separated)\n  \
+      ls [-R] POOLDIR DATASET [PATH]\n                  \
+                      list a directory (default /), with -R recursively:\n                  \
+                      TYPE SIZE PATH (tab-separated); a file lists itself\n  \
+      cat POOLDIR DATASET PATH\n                  \
+                      write a regular file's content to stdout\n  \
+      manifest POOLDIR\n                  \
+                      one line per object of every ZPL dataset (snapshots too,\n                  \
+                      volumes skipped), sorted: DATASET PATH TYPE SIZE SHA256\n                  \
+                      (tab-separated; an encrypted dataset: DATASET - encrypted - -)\n";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("labels") if args.len() > 1 => labels(&args[1..]),
         Some("datasets") if args.len() > 1 => datasets(&args[1..]),
+        Some("ls") if args.len() > 2 => finish(ls(&args[1..])),
+        Some("cat") if args.len() == 4 => finish(cat(&args[1..])),
+        Some("manifest") if args.len() == 2 => finish(manifest(&args[1])),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             ExitCode::SUCCESS
@@ -192,4 +213,121 @@ fn render_datasets(args: &[String]) -> Result<String, String> {
         );
     }
     Ok(out)
+}
+
+/// Prints an error and maps it to the exit code.
+fn finish(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("osv-zfs: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_pool(dir: &str) -> Result<Pool<FileDevice>, String> {
+    let files = vdev_files(&[dir.to_string()])?;
+    let mut devs = Vec::new();
+    for f in &files {
+        devs.push(FileDevice::open(f).map_err(|e| format!("{}: cannot open: {e}", f.display()))?);
+    }
+    Pool::open(devs).map_err(|e| format!("cannot open pool: {e}"))
+}
+
+/// Opens the filesystem of dataset `name`.
+fn open_fs(pool: &mut Pool<FileDevice>, name: &str) -> Result<Zpl, String> {
+    let list = pool.datasets().map_err(|e| format!("pool {}: {e}", pool.name))?;
+    let d = list.iter().find(|d| d.name == name).ok_or_else(|| format!("no dataset {name}"))?;
+    pool.zpl_open(d.id).map_err(|e| format!("dataset {name} (object {}): {e}", d.id))
+}
+
+fn lookup(pool: &mut Pool<FileDevice>, fs: &Zpl, name: &str, path: &str) -> Result<Inode, String> {
+    pool.zpl_lookup(fs, path.as_bytes()).map_err(|e| format!("{name}: {path}: {e}"))
+}
+
+fn ls(args: &[String]) -> Result<(), String> {
+    let (recursive, args) = match args.first().map(String::as_str) {
+        Some("-R") => (true, &args[1..]),
+        _ => (false, args),
+    };
+    let (dir, name, path) = match args {
+        [dir, name] => (dir, name, "/"),
+        [dir, name, path] => (dir, name, path.as_str()),
+        _ => return Err(String::from("usage: osv-zfs ls [-R] POOLDIR DATASET [PATH]")),
+    };
+    let mut pool = open_pool(dir)?;
+    let fs = open_fs(&mut pool, name)?;
+    let start = lookup(&mut pool, &fs, name, path)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let line = |out: &mut dyn std::io::Write, p: &str, inode: &Inode| {
+        let size = match inode.file_type() {
+            FileType::Dir | FileType::Other => String::from("-"),
+            FileType::File => inode.attrs.size.to_string(),
+            FileType::Symlink => inode.target.as_ref().map_or(0, Vec::len).to_string(),
+        };
+        let target = match &inode.target {
+            Some(t) => format!(" -> {}", String::from_utf8_lossy(t)),
+            None => String::new(),
+        };
+        writeln!(out, "{}\t{size}\t{p}{target}", inode.file_type().as_str()).map_err(|e| e.to_string())
+    };
+    if start.file_type() != FileType::Dir {
+        return line(&mut out, path, &start);
+    }
+    let base = path.trim_end_matches('/');
+    if recursive {
+        let sub = Zpl { root: start.object, ..fs.clone() };
+        let mut err = None;
+        pool.zpl_walk(&sub, &mut |_, p, inode| {
+            let rel = String::from_utf8_lossy(p);
+            let full = if rel == "/" { format!("{base}/") } else { format!("{base}{rel}") };
+            if let Err(e) = line(&mut out, &full, inode) {
+                err.get_or_insert(e);
+            }
+            Ok(())
+        })
+        .map_err(|e| format!("{name}: {e}"))?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+    } else {
+        for (entry, e) in pool.zpl_readdir(&start).map_err(|e| format!("{name}: {path}: {e}"))? {
+            let inode =
+                pool.zpl_inode(&fs, e.object).map_err(|err| format!("{name}: object {}: {err}", e.object))?;
+            line(&mut out, &format!("{base}/{}", String::from_utf8_lossy(&entry)), &inode)?;
+        }
+    }
+    std::io::Write::flush(&mut out).map_err(|e| e.to_string())
+}
+
+fn cat(args: &[String]) -> Result<(), String> {
+    let [dir, name, path] = args else {
+        return Err(String::from("usage: osv-zfs cat POOLDIR DATASET PATH"));
+    };
+    let mut pool = open_pool(dir)?;
+    let fs = open_fs(&mut pool, name)?;
+    let file = lookup(&mut pool, &fs, name, path)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut buf = vec![0u8; 128 << 10];
+    let mut off = 0u64;
+    loop {
+        let n = pool.zpl_read(&file, off, &mut buf).map_err(|e| format!("{name}: {path}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        std::io::Write::write_all(&mut out, &buf[..n]).map_err(|e| e.to_string())?;
+        off += n as u64;
+    }
+    std::io::Write::flush(&mut out).map_err(|e| e.to_string())
+}
+
+fn manifest(dir: &str) -> Result<(), String> {
+    let mut pool = open_pool(dir)?;
+    let lines = pool.manifest().map_err(|e| format!("pool {}: {e}", pool.name))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for l in lines {
+        writeln!(out, "{l}").map_err(|e| e.to_string())?;
+    }
+    std::io::Write::flush(&mut out).map_err(|e| e.to_string())
 }

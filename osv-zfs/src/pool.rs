@@ -530,17 +530,46 @@ impl<D: BlockDevice> Pool<D> {
 
     /// Every entry of a ZAP object (micro or fat), in on-disk order.
     pub fn zap_entries(&mut self, dn: &Dnode) -> Result<Vec<(Vec<u8>, ZapValue)>> {
-        let (block0, endian) = self.read_object_block(dn, 0)?;
         let mut out = Vec::new();
-        let mut push = |name: &[u8], v: ZapValue| {
+        self.zap_walk(dn, false, &mut |name, v, _| {
             if out.len() >= MAX_ZAP_ENTRIES {
                 return Err(Error::LimitExceeded);
             }
             out.push((Vec::from(name), v));
             Ok(())
-        };
+        })?;
+        Ok(out)
+    }
+
+    /// Every entry of a ZAP object with its whole value decoded: the
+    /// `num_ints` integers of `int_len` bytes (fat ZAP arrays such as SA
+    /// layouts; a micro ZAP value is one u64).
+    pub fn zap_arrays(&mut self, dn: &Dnode) -> Result<Vec<(Vec<u8>, Vec<u64>)>> {
+        let mut out = Vec::new();
+        self.zap_walk(dn, true, &mut |name, v, bytes| {
+            if out.len() >= MAX_ZAP_ENTRIES {
+                return Err(Error::LimitExceeded);
+            }
+            let ints = if bytes.is_empty() && v.num_ints == 1 {
+                vec![v.first]
+            } else {
+                bytes
+                    .chunks_exact(usize::from(v.int_len))
+                    .map(|c| c.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+                    .collect()
+            };
+            out.push((Vec::from(name), ints));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Walks a ZAP object: micro entries pass no value bytes; fat entries
+    /// pass them when `full`.
+    fn zap_walk(&mut self, dn: &Dnode, full: bool, push: &mut zap::EntryVisitor<'_>) -> Result {
+        let (block0, endian) = self.read_object_block(dn, 0)?;
         match zap::block_type(&block0, endian)? {
-            zap::ZBT_MICRO => zap::micro_entries(&block0, endian, &mut push)?,
+            zap::ZBT_MICRO => zap::micro_entries(&block0, endian, &mut |n, v| push(n, v, &[]))?,
             zap::ZBT_HEADER => {
                 let hdr = FatHeader::parse(&block0, endian)?;
                 let max = dn.phys()?.max_blkid();
@@ -567,12 +596,17 @@ impl<D: BlockDevice> Pool<D> {
                 }
                 for b in leaves {
                     let (blk, e) = self.read_object_block(dn, b)?;
-                    Leaf::new_checked(&blk, e)?.entries(&mut push)?;
+                    let leaf = Leaf::new_checked(&blk, e)?;
+                    if full {
+                        leaf.entries_with_values(push)?;
+                    } else {
+                        leaf.entries(&mut |n, v| push(n, v, &[]))?;
+                    }
                 }
             }
             _ => return Err(Error::BadZap),
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Looks up `name` in a ZAP object.
@@ -891,6 +925,7 @@ mod tests {
                 for obj in 0..40 {
                     if let Ok(dn) = pool.dnode(&mos, obj) {
                         let _ = pool.zap_entries(&dn);
+                        let _ = pool.zap_arrays(&dn);
                         let mut buf = [0u8; 700];
                         let _ = pool.read_object(&dn, 100, &mut buf);
                     }

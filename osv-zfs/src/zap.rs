@@ -52,6 +52,9 @@ const ZAP_CHUNK_ENTRY: u8 = 252;
 const ZAP_CHUNK_ARRAY: u8 = 251;
 /// `ZAP_MAXNAMELEN_NEW` (longname feature): longest name accepted.
 pub const ZAP_MAX_NAME: usize = 1024;
+/// Longest value [`Leaf::entries_with_values`] returns (SA layouts are
+/// arrays of a few dozen u16s).
+pub const ZAP_MAX_VALUE: usize = 1024;
 
 /// The value of one ZAP entry: `num_ints` integers of `int_len` bytes; the
 /// first is decoded (ZAPs that this crate reads hold single u64s).
@@ -64,6 +67,9 @@ pub struct ZapValue {
     /// The first integer (0 when there is none).
     pub first: u64,
 }
+
+/// A visitor of ZAP entries with their value bytes: name, value, bytes.
+pub type EntryVisitor<'f> = dyn FnMut(&[u8], ZapValue, &[u8]) -> Result + 'f;
 
 /// The block type word of a ZAP block (`zap_block_type`/`mz_block_type`).
 pub fn block_type(block: &[u8], endian: Endian) -> Result<u64> {
@@ -221,7 +227,19 @@ impl<'a> Leaf<'a> {
 
     /// Calls `f` with every entry's name (without its NUL) and value.
     pub fn entries(&self, f: &mut dyn FnMut(&[u8], ZapValue) -> Result) -> Result {
+        self.walk(false, &mut |n, v, _| f(n, v))
+    }
+
+    /// Calls `f` with every entry's name, value and value bytes (the
+    /// integers big-endian, as `zap_leaf_array_read` keeps them); a value
+    /// longer than [`ZAP_MAX_VALUE`] bytes is an error.
+    pub fn entries_with_values(&self, f: &mut EntryVisitor<'_>) -> Result {
+        self.walk(true, f)
+    }
+
+    fn walk(&self, full: bool, f: &mut EntryVisitor<'_>) -> Result {
         let mut name = [0u8; ZAP_MAX_NAME];
+        let mut value = [0u8; ZAP_MAX_VALUE];
         for i in 0..self.nchunks {
             let c = self.chunk(i)?;
             if c[0] != ZAP_CHUNK_ENTRY {
@@ -241,11 +259,22 @@ impl<'a> Leaf<'a> {
                 Some(end) => &name[..end],
                 None => &name[..],
             };
-            let mut first = [0u8; 8];
+            let value_len = if full {
+                let n = num_ints as usize * usize::from(int_len);
+                if n > ZAP_MAX_VALUE {
+                    return Err(Error::LimitExceeded);
+                }
+                n
+            } else if num_ints == 0 {
+                0
+            } else {
+                usize::from(int_len)
+            };
+            let bytes = &mut value[..value_len];
+            self.read_array(value_chunk, bytes)?;
             let first_len = if num_ints == 0 { 0 } else { usize::from(int_len) };
-            self.read_array(value_chunk, &mut first[..first_len])?;
-            let first = first[..first_len].iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
-            f(text, ZapValue { int_len, num_ints, first })?;
+            let first = bytes[..first_len].iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+            f(text, ZapValue { int_len, num_ints, first }, bytes)?;
         }
         Ok(())
     }
@@ -380,6 +409,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn fat_zap_arrays_are_returned_whole() {
+        for e in [Endian::Big, Endian::Little] {
+            // One entry; then make its 8-byte value four u16s (an SA layout).
+            let mut b = leaf(1024, e, &[("2", 0x0005_0006_0004_000c)]);
+            let chunks_at = 48 + 2 * (1024 >> 5);
+            let entry = chunks_at + 2 * ZAP_LEAF_CHUNKSIZE;
+            b[entry + 1] = 2;
+            b[entry + 10..entry + 12].copy_from_slice(&w16(e, 4));
+            let leaf = Leaf::new_checked(&b, e).unwrap();
+            let mut got = Vec::new();
+            leaf.entries_with_values(&mut |n, v, bytes| {
+                got.push((n.to_vec(), v.int_len, v.num_ints, v.first, bytes.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got, [(b"2".to_vec(), 2, 4, 5, vec![0, 5, 0, 6, 0, 4, 0, 12])]);
+            // A value longer than ZAP_MAX_VALUE is refused, not truncated.
+            b[entry + 10..entry + 12].copy_from_slice(&w16(e, 600));
+            let leaf = Leaf::new_checked(&b, e).unwrap();
+            assert_eq!(leaf.entries_with_values(&mut |_, _, _| Ok(())), Err(Error::LimitExceeded));
+        }
+    }
+
+    #[test]
     fn broken_leaves_are_errors() {
         let e = Endian::Little;
         let mut b = leaf(1024, e, &[("x", 1)]);
@@ -418,6 +471,10 @@ pub(crate) mod tests {
             }
             if let Ok(l) = Leaf::new_checked(&bytes, e) {
                 let _ = l.entries(&mut |_, _| Ok(()));
+                let _ = l.entries_with_values(&mut |_, v, b| {
+                    assert!(b.len() <= ZAP_MAX_VALUE && b.len() as u64 <= v.num_ints * 8);
+                    Ok(())
+                });
             }
         }
     }

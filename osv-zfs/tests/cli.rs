@@ -113,3 +113,47 @@ fn datasets_lists_real_pools_and_fails_cleanly() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "zfs-broken-mirror\tfilesystem\tZPL\t5\t4\t4\t-\n");
 }
+
+#[test]
+fn ls_cat_and_manifest_read_real_filesystems() {
+    let Some(pools) = common::pools() else { return };
+    let dir = |name: &str| {
+        let p = pools.iter().find(|p| p.name == name).unwrap();
+        p.files[0].parent().unwrap().to_str().unwrap().to_string()
+    };
+    let v5 = dir("zfs-pool-v5");
+    let out = osv_zfs(&["ls", &v5, "v5-pool"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "other\t-\t/cdev\nother\t-\t/dev\ndir\t-\t/dir\nsymlink\t3\t/link -> dir\nfile\t26\t/v5-pool.txt\n"
+    );
+    let out = osv_zfs(&["cat", &v5, "v5-pool", "/v5-pool.txt"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "This is a version 5 pool.\n");
+    let out = osv_zfs(&["cat", &v5, "v5-pool", "/dir"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/dir: not a regular file"), "{}", text(&out.stderr));
+    let out = osv_zfs(&["cat", &v5, "v5-pool", "/nope"]);
+    assert!(text(&out.stderr).contains("/nope: no such file or directory"), "{}", text(&out.stderr));
+    let out = osv_zfs(&["ls", &v5, "v5-pool/nope"]);
+    assert!(text(&out.stderr).contains("no dataset v5-pool/nope"));
+
+    // SA-based: a snapshot, recursively.
+    let zol = dir("zol-0.6.2");
+    let out = osv_zfs(&["ls", "-R", &zol, "zol-0.6.2/fs@snap", "/L3D1/L2D1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("dir\t-\t/L3D1/L2D1/\n"), "{stdout}");
+    assert!(stdout.contains("file\t4096\t/L3D1/L2D1/L1D1/L0F1\n"), "{stdout}");
+
+    // The encrypted datasets print one line each.
+    let out = osv_zfs(&["manifest", &dir("missing_ivset")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("missing_ivset/testfs\t-\tencrypted\t-\t-\n"), "{stdout}");
+    assert!(stdout.contains("missing_ivset/testfs@snap1\t-\tencrypted\t-\t-\n"), "{stdout}");
+    let out = osv_zfs(&["ls", &dir("missing_ivset"), "missing_ivset/testfs"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("dataset is encrypted"), "{}", text(&out.stderr));
+}
