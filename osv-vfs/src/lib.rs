@@ -1,5 +1,6 @@
 //! A UNIX-style VFS for unikernels: vnodes with operation tables, mounts,
-//! path lookup, an open-file and descriptor table, and a ramfs.
+//! path lookup, an open-file and descriptor table, and three filesystems:
+//! ramfs, devfs and procfs.
 //!
 //! # Layers
 //!
@@ -9,7 +10,11 @@
 //!   ├─ namespace         mount table, path walk (namei), root switch (pivot_root)
 //!   ├─ dentry cache      (mount, dir ino, name) -> vnode, reference counted, evictable
 //!   └─ operation tables  VnodeOps / FsOps (ops.rs): what a filesystem implements
-//!        └─ ramfs        files (sparse), directories, symlinks, hard links
+//!        ├─ ramfs        files (sparse), directories, symlinks, hard links
+//!        ├─ devfs        null, zero, console, random, urandom, vblkN
+//!        │                 (kernel traits: ConsoleSink, EntropySource, BlockDev)
+//!        └─ procfs       meminfo, uptime, cpuinfo, self/mounts
+//!                          (kernel traits: ProcSource; MountList, which Vfs implements)
 //! ```
 //!
 //! The VFS needs a heap: names, directory maps, file data and the tables live
@@ -70,7 +75,15 @@
 //!
 //! The dentry cache uses a generation number so that a lookup racing an
 //! unlink cannot re-insert the entry the unlink just removed (see
-//! `tests/loom_vfs.rs`).
+//! `tests/loom_vfs.rs`). A directory whose entries change behind the VFS's
+//! back (devfs) opts out of the cache with [`VnodeOps::cacheable`].
+//!
+//! devfs and procfs fit into the order as filesystems: devfs's directory
+//! `RwLock` is a level-4 lock, a block device's I/O lock a level-5 one;
+//! procfs has none. Reading `/proc/self/mounts` is the one filesystem
+//! operation that calls back into the VFS ([`Vfs::mounts`]); it holds no lock
+//! of its own then, and the VFS holds only the reader's offset mutex, which no
+//! path holds while waiting for a VFS table (see [`MountList`]).
 //!
 //! # Example
 //!
@@ -93,6 +106,54 @@
 //! assert_eq!(vfs.stat("/tmp/../tmp/hello.txt").unwrap().size, 12);
 //! vfs.close(fd).unwrap();
 //! ```
+//!
+//! # Mounting devfs and procfs
+//!
+//! The kernel implements the source traits and mounts the two filesystems on
+//! directories of the root:
+//!
+//! ```
+//! use osv_vfs::{
+//!     ConsoleSink, CpuInfo, DevFs, EntropySource, MemInfo, MountList, OpenFlags, ProcFs, ProcSource,
+//!     RamFs, Result, Vfs, ZeroClock,
+//! };
+//! use std::sync::Arc;
+//!
+//! struct Serial;
+//! impl ConsoleSink for Serial {
+//!     fn write(&self, bytes: &[u8]) { /* out to the UART */ let _ = bytes; }
+//! }
+//! struct Rng;
+//! impl EntropySource for Rng {
+//!     fn fill(&self, buf: &mut [u8]) -> Result { buf.fill(4); Ok(()) } // RDRAND in a kernel
+//! }
+//! struct Kernel;
+//! impl ProcSource for Kernel {
+//!     fn meminfo(&self) -> MemInfo { MemInfo { total: 64 << 20, free: 32 << 20, available: 32 << 20 } }
+//!     fn uptime_ns(&self) -> u64 { 1_500_000_000 }
+//!     fn cpuinfo(&self) -> CpuInfo { CpuInfo { count: 1, ..CpuInfo::default() } }
+//! }
+//!
+//! let vfs = Arc::new(Vfs::new(RamFs::new(Arc::new(ZeroClock))).unwrap());
+//! vfs.mkdir("/dev", 0o755).unwrap();
+//! vfs.mkdir("/proc", 0o555).unwrap();
+//! let devfs = DevFs::new(Arc::new(Serial), Arc::new(Rng));
+//! vfs.mount("/dev", devfs.clone()).unwrap();
+//! // A Weak, so that procfs inside the VFS does not keep the VFS alive. A
+//! // kernel with a `&'static Vfs` passes `Arc::new(vfs)` instead.
+//! let mounts: Arc<dyn MountList> = Arc::new(Arc::downgrade(&vfs));
+//! vfs.mount("/proc", ProcFs::new(Arc::new(Kernel), mounts)).unwrap();
+//! // A driver registers its disk at run time:
+//! // let name = devfs.register_block(Arc::new(my_virtio_blk))?; // "vblk0"
+//!
+//! let fd = vfs.open("/proc/uptime", OpenFlags::RDONLY, 0).unwrap();
+//! let mut buf = [0u8; 128];
+//! let n = vfs.read(fd, &mut buf).unwrap();
+//! assert_eq!(&buf[..n], b"1.50 0.00\n");
+//! let fd = vfs.open("/proc/self/mounts", OpenFlags::RDONLY, 0).unwrap();
+//! let n = vfs.read(fd, &mut buf).unwrap();
+//! assert_eq!(&buf[..n], &b"ramfs / ramfs rw 0 0\ndevfs /dev devfs rw 0 0\nproc /proc proc rw 0 0\n"[..]);
+//! ```
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
@@ -102,7 +163,11 @@ extern crate alloc;
 #[cfg(feature = "alloc")]
 mod cache;
 #[cfg(feature = "alloc")]
+pub mod devfs;
+#[cfg(feature = "alloc")]
 mod ops;
+#[cfg(feature = "alloc")]
+pub mod procfs;
 #[cfg(feature = "alloc")]
 pub mod ramfs;
 #[cfg(feature = "alloc")]
@@ -110,17 +175,21 @@ mod sync;
 #[cfg(feature = "alloc")]
 mod vfs;
 
+#[cfg(feature = "alloc")]
+pub use devfs::{BlockDev, ConsoleSink, DevFs, EntropySource, Sector};
 #[cfg(feature = "std")]
 pub use ops::StdClock;
 #[cfg(feature = "alloc")]
 pub use ops::{
-    Clock, Dirent, FsOps, HoleSeek, PollEvents, SetAttr, Stat, StatFs, Timespec, VType, VnodeOps, VnodeRef,
-    WritePos, ZeroClock,
+    makedev, Clock, Dirent, FsOps, HoleSeek, PollEvents, SetAttr, Stat, StatFs, Timespec, VType, VnodeOps,
+    VnodeRef, WritePos, ZeroClock,
 };
+#[cfg(feature = "alloc")]
+pub use procfs::{CpuInfo, MemInfo, ProcFs, ProcSource};
 #[cfg(feature = "alloc")]
 pub use ramfs::RamFs;
 #[cfg(feature = "alloc")]
-pub use vfs::{Fd, OpenFlags, Vfs, Whence, FD_LIMIT, MAX_SYMLINKS, NAME_MAX, PATH_MAX};
+pub use vfs::{Fd, MountInfo, MountList, OpenFlags, Vfs, Whence, FD_LIMIT, MAX_SYMLINKS, NAME_MAX, PATH_MAX};
 
 /// The result type of this crate: errors are [`Errno`] values.
 pub type Result<T = ()> = core::result::Result<T, Errno>;

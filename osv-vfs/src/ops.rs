@@ -108,12 +108,23 @@ pub struct Stat {
     pub blocks: u64,
     /// Preferred I/O size.
     pub blksize: u32,
+    /// The device a character or block device node stands for
+    /// (`makedev(major, minor)` as glibc encodes it, see [`makedev`]); 0 for
+    /// other objects.
+    pub rdev: u64,
     /// Last access (ramfs does not update it on read: `noatime`).
     pub atime: Timespec,
     /// Last data change.
     pub mtime: Timespec,
     /// Last status change.
     pub ctime: Timespec,
+}
+
+/// A device number from its major and minor parts, encoded as glibc's
+/// `makedev` does (`st_rdev`).
+pub const fn makedev(major: u32, minor: u32) -> u64 {
+    let (ma, mi) = (major as u64, minor as u64);
+    ((ma & 0xffff_f000) << 32) | ((ma & 0xfff) << 8) | ((mi & 0xffff_ff00) << 12) | (mi & 0xff)
 }
 
 impl Stat {
@@ -260,6 +271,13 @@ pub trait VnodeOps: Any + Send + Sync {
     /// Finds `name` in this directory (`..`: the parent).
     fn lookup(&self, _name: &str) -> Result<VnodeRef> {
         Err(Errno::ENOTDIR)
+    }
+    /// May the VFS keep this directory's lookups in its dentry cache? A
+    /// directory whose entries change behind the VFS's back (devfs: drivers
+    /// register and remove devices) returns `false`, and every lookup in it
+    /// asks the filesystem.
+    fn cacheable(&self) -> bool {
+        true
     }
     /// Creates a regular file `name` (must not exist: `EEXIST`).
     fn create(&self, _name: &str, _perm: u32) -> Result<VnodeRef> {

@@ -676,6 +676,7 @@ impl VnodeOps for RamNode {
             size,
             blocks: pages * (PAGE / 512),
             blksize: PAGE as u32,
+            rdev: 0,
             atime: m.atime,
             mtime: m.mtime,
             ctime: m.ctime,

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use crate::cache::DentryCache;
 use crate::ops::{Dirent, FsOps, HoleSeek, PollEvents, Stat, StatFs, VType, VnodeRef, WritePos};
-use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock, Weak};
 use crate::{Errno, Result};
 
 /// Longest name component, in bytes (`NAME_MAX`).
@@ -274,6 +274,9 @@ impl Vfs {
     /// Looks `name` up in `dir` through the dentry cache, without crossing
     /// mounts.
     fn lookup_raw(&self, dir: &Loc, name: &str) -> Result<VnodeRef> {
+        if !dir.vn.cacheable() {
+            return dir.vn.lookup(name);
+        }
         let key = dir.key();
         match self.cache.get(key, name) {
             Ok(v) => Ok(v),
@@ -1012,8 +1015,13 @@ impl Vfs {
     /// The absolute path of the working directory (`ENOENT` if it was
     /// removed or is outside the root).
     pub fn getcwd(&self) -> Result<String> {
+        self.path_of(self.cwd())
+    }
+
+    /// The absolute path of `loc`, found by walking `..` up to the root and
+    /// searching each parent for the child's inode.
+    fn path_of(&self, mut cur: Loc) -> Result<String> {
         let root = self.root();
-        let mut cur = self.cwd();
         let mut parts: Vec<String> = Vec::new();
         let mut len = 1;
         while !cur.same(&root) {
@@ -1048,6 +1056,83 @@ impl Vfs {
             s.push('/');
         }
         Ok(s)
+    }
+
+    /// The mount table, read-only: the root first, then the other mounts in
+    /// the order they were made. What `/proc/self/mounts` prints.
+    ///
+    /// The table is copied under its lock and the paths are computed after
+    /// it is released (a path walk calls into filesystems). A mount whose
+    /// mount point has no path from the root (it cannot happen through this
+    /// API, which refuses to remove a mount point) is left out. While this
+    /// runs, a concurrent [`umount`](Self::umount) of a listed filesystem may
+    /// fail with `EBUSY`, as it would with the filesystem in use.
+    pub fn mounts(&self) -> Vec<MountInfo> {
+        let list: Vec<(u64, String, Loc)> = {
+            let t = self.mounts.read();
+            let root = Loc { mnt: t.root.clone(), vn: t.root.root.clone() };
+            let mut v = Vec::with_capacity(1 + t.parent.len());
+            v.push((t.root.id, String::from(t.root.fs.name()), root));
+            for (id, at) in &t.parent {
+                if let Some(m) = t.covered.get(&at.key()) {
+                    v.push((*id, String::from(m.fs.name()), at.clone()));
+                }
+            }
+            v
+        };
+        let root_id = list.first().map(|m| m.0);
+        list.into_iter()
+            .filter_map(|(id, fs_type, at)| {
+                let path = if Some(id) == root_id { String::from("/") } else { self.path_of(at).ok()? };
+                Some(MountInfo { id, path, fs_type })
+            })
+            .collect()
+    }
+}
+
+/// One entry of the mount table, as [`Vfs::mounts`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountInfo {
+    /// The mount's id (what [`Stat::dev`] reports for its files).
+    pub id: u64,
+    /// The absolute path of the mount point.
+    pub path: String,
+    /// The filesystem's type name ([`FsOps::name`]).
+    pub fs_type: String,
+}
+
+/// Where procfs gets the mount table from (`/proc/self/mounts`).
+///
+/// [`Vfs`] implements it; procfs holds it as `Arc<dyn MountList>`, so the
+/// kernel passes `Arc::new(vfs)` for a `&'static Vfs`, or
+/// `Arc::new(Arc::downgrade(&vfs))` for an `Arc<Vfs>` (a `Weak`, so that the
+/// procfs mounted in the VFS does not keep the VFS alive in a cycle).
+///
+/// `mounts` is called while a procfs file is read: the VFS then holds only
+/// the reader's file-offset mutex, and procfs holds no lock of its own, so
+/// the walk it does (mount table, then directory locks) cannot wait on a
+/// lock held by its own caller.
+pub trait MountList: Send + Sync {
+    /// The mounts, root first.
+    fn mounts(&self) -> Vec<MountInfo>;
+}
+
+impl MountList for Vfs {
+    fn mounts(&self) -> Vec<MountInfo> {
+        Vfs::mounts(self)
+    }
+}
+
+impl<T: MountList + ?Sized> MountList for &'static T {
+    fn mounts(&self) -> Vec<MountInfo> {
+        (**self).mounts()
+    }
+}
+
+impl<T: MountList> MountList for Weak<T> {
+    /// Empty once the VFS is gone.
+    fn mounts(&self) -> Vec<MountInfo> {
+        self.upgrade().map(|v| v.mounts()).unwrap_or_default()
     }
 }
 
