@@ -31,3 +31,9 @@ pub fn init(boot: &BootInfo) {
 pub fn used() -> usize {
     HEAP.lock().used()
 }
+
+/// (heap size, bytes in use).
+pub fn usage() -> (usize, usize) {
+    let h = HEAP.lock();
+    (h.size(), h.used())
+}

@@ -29,7 +29,8 @@ osv_boot::entry_point!(main);
 
 fn main(boot: &'static BootInfo) -> ! {
     heap::init(boot);
-    fs::init();
+    let devices = virtio::init(boot.cmdline.as_str());
+    let mounted = fs::init(boot, devices);
     println!(
         "OSv demo kernel {} booted: entry to main {} us (TSC calibration {} us), TSC {} MHz, {} MiB usable",
         env!("CARGO_PKG_VERSION"),
@@ -40,6 +41,12 @@ fn main(boot: &'static BootInfo) -> ! {
     );
     if !boot.cmdline.is_empty() {
         println!("cmdline: {}", boot.cmdline.as_str());
+    }
+    for (name, at) in &mounted.block_devices {
+        println!("/dev/{name}: virtio-blk at {at}");
+    }
+    if let Some(at) = &mounted.entropy {
+        println!("/dev/random: virtio-rng at {at}");
     }
     if let Some(kind) = boot.cmdline.value("crash") {
         crash(kind);

@@ -27,8 +27,10 @@ pub static ALL: &[Test] = &[
     Test { name: "vfs::ramfs_file_io_through_descriptors", run: vfs_file_io },
     Test { name: "vfs::namespace_operations_and_no_leaks", run: vfs_namespace },
     Test { name: "sched::context_switch_ping_pong", run: context_switch },
-    Test { name: "virtio::blk_write_read_flush", run: virtio_blk },
-    Test { name: "virtio::rng_fills_random_bytes", run: virtio_rng },
+    Test { name: "devfs::null_zero_console", run: devfs_nodes },
+    Test { name: "procfs::meminfo_uptime_cpuinfo_mounts", run: procfs_files },
+    Test { name: "virtio::blk_through_dev_vblk", run: virtio_blk },
+    Test { name: "virtio::rng_through_dev_random", run: virtio_rng },
 ];
 
 /// Added by `test.fail` on the command line.
@@ -334,20 +336,13 @@ fn vfs_namespace(_: &'static BootInfo) -> Outcome {
     Ok(())
 }
 
-/// The device of `kind`, or a skip (or, when the runner said it attached
-/// one with `expect=virtio-...`, a failure).
-fn find_device(
-    boot: &'static BootInfo,
-    kind: osv_virtio::DeviceType,
-    name: &str,
-) -> Result<crate::virtio::Found, crate::ktest::NotPassed> {
-    let expected = boot.cmdline.value("expect").is_some_and(|e| e.split(',').any(|x| x == name));
-    match crate::virtio::discover(boot.cmdline.as_str()).into_iter().find(|f| f.kind == kind) {
-        Some(f) => Ok(f),
-        None if expected => Err(alloc::format!("no {name} device, but the runner attached one").into()),
-        None => Err(crate::ktest::NotPassed::Skipped(alloc::format!(
-            "no {name} device (QEMU started without one)"
-        ))),
+/// Skips a device test when QEMU was started without the device, but fails
+/// it when the runner said (`expect=virtio-...`) that it attached one.
+fn missing(boot: &'static BootInfo, name: &str) -> crate::ktest::NotPassed {
+    if boot.cmdline.value("expect").is_some_and(|e| e.split(',').any(|x| x == name)) {
+        alloc::format!("no {name} device, but the runner attached one").into()
+    } else {
+        crate::ktest::NotPassed::Skipped(alloc::format!("no {name} device (QEMU started without one)"))
     }
 }
 
@@ -363,57 +358,6 @@ impl TestRng {
     }
 }
 
-fn virtio_blk(boot: &'static BootInfo) -> Outcome {
-    use crate::virtio::AnyTransport;
-    let f = find_device(boot, osv_virtio::DeviceType::Block, "virtio-blk")?;
-    osv_boot::println!("  virtio-blk at {}", f.location);
-    match f.transport {
-        AnyTransport::Mmio(t) => blk_exercise(t),
-        AnyTransport::Pci(t) => blk_exercise(t),
-    }
-}
-
-fn blk_exercise<T: osv_virtio::Transport>(t: T) -> Outcome {
-    use osv_virtio::BlockDevice;
-    let mut blk =
-        osv_virtio::VirtIOBlk::new(&crate::virtio::HeapHal, t).map_err(|e| alloc::format!("init: {e:?}"))?;
-    let sector = u64::from(blk.sector_size());
-    let size = blk.size_bytes();
-    check!(sector >= 512 && size >= 1 << 20, "sector {sector}, size {size}");
-    let sectors = size / 512;
-    // Random 1-8 sector writes across the whole disk, each with its own
-    // pattern, then read every one back.
-    let mut rng = TestRng(0x9e37_79b9_7f4a_7c15 ^ arch::rdtsc());
-    let mut written: Vec<(u64, Vec<u8>)> = Vec::new();
-    for i in 0..32u64 {
-        let count = 1 + rng.next() % 8;
-        // Keep the regions disjoint: one per 1/32 of the disk.
-        let slot = sectors / 32;
-        let start = (i * slot + rng.next() % (slot - count)).max(1);
-        let data: Vec<u8> = (0..count * 512).map(|_| rng.next() as u8).collect();
-        blk.write_blocks(start, &data).map_err(|e| alloc::format!("write at {start}: {e:?}"))?;
-        written.push((start, data));
-    }
-    // A known sector the runner checks in the image file after QEMU exits
-    // (proof that the data reached the host's disk, not just a cache).
-    blk.write_blocks(0, &host_check_sector()).map_err(|e| alloc::format!("write sector 0: {e:?}"))?;
-    // The last sector, exactly.
-    let last = alloc::vec![0xa5u8; 512];
-    blk.write_blocks(sectors - 1, &last).map_err(|e| alloc::format!("write last: {e:?}"))?;
-    blk.flush().map_err(|e| alloc::format!("flush: {e:?}"))?;
-    for (start, data) in &written {
-        let mut back = alloc::vec![0u8; data.len()];
-        blk.read_blocks(*start, &mut back).map_err(|e| alloc::format!("read at {start}: {e:?}"))?;
-        check!(&back == data, "sector {start}: read back differs");
-    }
-    let mut back = alloc::vec![0u8; 512];
-    blk.read_blocks(sectors - 1, &mut back).map_err(|e| alloc::format!("read last: {e:?}"))?;
-    check!(back == last);
-    // One past the end is an error, not a device request.
-    check!(blk.read_blocks(sectors, &mut back).is_err(), "read past the end succeeded");
-    Ok(())
-}
-
 /// Sector 0 as the runner expects it: a signature line, then bytes 0..=255
 /// repeating (`xtask/src/stages.rs` checks the same layout).
 fn host_check_sector() -> Vec<u8> {
@@ -423,40 +367,141 @@ fn host_check_sector() -> Vec<u8> {
     v
 }
 
-fn virtio_rng(boot: &'static BootInfo) -> Outcome {
-    use crate::virtio::AnyTransport;
-    let f = find_device(boot, osv_virtio::DeviceType::Rng, "virtio-rng")?;
-    osv_boot::println!("  virtio-rng at {}", f.location);
-    match f.transport {
-        AnyTransport::Mmio(t) => rng_exercise(t),
-        AnyTransport::Pci(t) => rng_exercise(t),
+fn virtio_blk(boot: &'static BootInfo) -> Outcome {
+    use osv_vfs::{OpenFlags, VType};
+    let Some((name, _)) = crate::fs::mounted().block_devices.first() else {
+        return Err(missing(boot, "virtio-blk"));
+    };
+    let v = crate::fs::vfs();
+    let path = alloc::format!("/dev/{name}");
+    let st = v.stat(&path).map_err(|e| alloc::format!("stat {path}: {e}"))?;
+    check!(st.kind == VType::BlockDevice, "{path} is {:?}", st.kind);
+    let size = st.size;
+    check!(size >= 1 << 20, "{path}: {size} bytes");
+    let fd = v.open(&path, OpenFlags::RDWR, 0).map_err(|e| alloc::format!("open {path}: {e}"))?;
+    // Random writes across the whole disk, 1-8 sectors each, some at
+    // unaligned offsets (devfs does the read-modify-write), one region per
+    // 1/32 of the disk so they do not overlap; then read every one back.
+    let mut rng = TestRng(0x9e37_79b9_7f4a_7c15 ^ arch::rdtsc());
+    let slot = size / 32;
+    let mut written: Vec<(u64, Vec<u8>)> = Vec::new();
+    for i in 0..32u64 {
+        let len = 512 * (1 + rng.next() % 8) - if i % 4 == 3 { 100 } else { 0 };
+        let off = (i * slot + rng.next() % (slot - len)).max(512);
+        let off = if i % 4 == 3 { off | 7 } else { off & !511 };
+        let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let n = v.pwrite(fd, &data, off as i64).map_err(|e| alloc::format!("pwrite at {off}: {e}"))?;
+        check!(n == data.len(), "short write at {off}: {n}");
+        written.push((off, data));
     }
+    // A known sector the runner checks in the image file after QEMU exits
+    // (proof that the data reached the host's disk, not just a cache).
+    check!(v.pwrite(fd, &host_check_sector(), 0) == Ok(512));
+    v.fsync(fd).map_err(|e| alloc::format!("fsync (virtio flush): {e}"))?;
+    for (off, data) in &written {
+        let mut back = alloc::vec![0u8; data.len()];
+        let n = v.pread(fd, &mut back, *off as i64).map_err(|e| alloc::format!("pread at {off}: {e}"))?;
+        check!(n == data.len() && &back == data, "{path} at {off}: read back differs");
+    }
+    // The last sector, exactly, and the end of the device.
+    let last = alloc::vec![0xa5u8; 512];
+    check!(v.pwrite(fd, &last, (size - 512) as i64) == Ok(512));
+    let mut back = alloc::vec![0u8; 1024];
+    check!(v.pread(fd, &mut back, (size - 512) as i64) == Ok(512), "read at the end is cut to the device");
+    check!(back[..512] == last[..]);
+    check!(v.pread(fd, &mut back, size as i64) == Ok(0), "read at the end of the device is not EOF");
+    v.close(fd).map_err(|e| alloc::format!("close: {e}"))?;
+    Ok(())
 }
 
-fn rng_exercise<T: osv_virtio::Transport>(t: T) -> Outcome {
-    let mut rng =
-        osv_virtio::VirtIORng::new(&crate::virtio::HeapHal, t).map_err(|e| alloc::format!("init: {e:?}"))?;
+fn virtio_rng(boot: &'static BootInfo) -> Outcome {
+    use osv_vfs::OpenFlags;
+    if crate::fs::mounted().entropy.is_none() {
+        return Err(missing(boot, "virtio-rng"));
+    }
+    let v = crate::fs::vfs();
     let mut a = [0u8; 256];
     let mut b = [0u8; 256];
-    let mut fill = |buf: &mut [u8]| -> Result<(), String> {
-        let mut done = 0;
-        while done < buf.len() {
-            let n = rng.fill(&mut buf[done..]).map_err(|e| alloc::format!("fill: {e:?}"))?;
-            if n == 0 {
-                return Err("the device returned no bytes".into());
-            }
-            done += n;
-        }
-        Ok(())
-    };
-    fill(&mut a)?;
-    fill(&mut b)?;
+    for (path, buf) in [("/dev/random", &mut a), ("/dev/urandom", &mut b)] {
+        let fd = v.open(path, OpenFlags::RDONLY, 0).map_err(|e| alloc::format!("open {path}: {e}"))?;
+        let n = v.read(fd, buf).map_err(|e| alloc::format!("read {path}: {e}"))?;
+        check!(n == buf.len(), "{path}: {n} bytes");
+        v.close(fd).map_err(|e| alloc::format!("close: {e}"))?;
+    }
     check!(a != b, "two reads returned the same 256 bytes");
     // About half of the 2048 bits set: the mean is 1024 and the standard
     // deviation 22.6, so this bound (11 deviations) only fails a stuck,
     // zeroed or heavily biased source.
-    let ones: u32 = a.iter().map(|x| x.count_ones()).sum();
-    check!((768..=1280).contains(&ones), "{ones} of 2048 bits set");
+    for buf in [&a, &b] {
+        let ones: u32 = buf.iter().map(|x| x.count_ones()).sum();
+        check!((768..=1280).contains(&ones), "{ones} of 2048 bits set");
+    }
+    Ok(())
+}
+
+fn devfs_nodes(_: &'static BootInfo) -> Outcome {
+    use osv_vfs::{OpenFlags, VType};
+    let v = crate::fs::vfs();
+    let null = v.open("/dev/null", OpenFlags::RDWR, 0).map_err(|e| alloc::format!("open /dev/null: {e}"))?;
+    check!(v.write(null, b"swallowed") == Ok(9));
+    let mut buf = [1u8; 64];
+    check!(v.read(null, &mut buf) == Ok(0), "/dev/null is not at EOF");
+    v.close(null).map_err(|e| alloc::format!("{e}"))?;
+    let zero =
+        v.open("/dev/zero", OpenFlags::RDONLY, 0).map_err(|e| alloc::format!("open /dev/zero: {e}"))?;
+    check!(v.read(zero, &mut buf) == Ok(64) && buf.iter().all(|&b| b == 0));
+    v.close(zero).map_err(|e| alloc::format!("{e}"))?;
+    check!(v.stat("/dev/console").map(|s| s.kind) == Ok(VType::CharDevice));
+    let con = v.open("/dev/console", OpenFlags::WRONLY, 0).map_err(|e| alloc::format!("{e}"))?;
+    let msg = b"  (written to /dev/console)\n";
+    check!(v.write(con, msg) == Ok(msg.len()));
+    v.close(con).map_err(|e| alloc::format!("{e}"))?;
+    Ok(())
+}
+
+fn read_text(path: &str) -> Result<String, crate::ktest::NotPassed> {
+    use osv_vfs::OpenFlags;
+    let v = crate::fs::vfs();
+    let fd = v.open(path, OpenFlags::RDONLY, 0).map_err(|e| alloc::format!("open {path}: {e}"))?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = v.read(fd, &mut buf).map_err(|e| alloc::format!("read {path}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    v.close(fd).map_err(|e| alloc::format!("close {path}: {e}"))?;
+    String::from_utf8(out).map_err(|_| alloc::format!("{path} is not UTF-8").into())
+}
+
+fn procfs_files(boot: &'static BootInfo) -> Outcome {
+    let meminfo = read_text("/proc/meminfo")?;
+    let total_kb = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    check!(total_kb == Some(boot.memory.total() / 1024), "MemTotal {total_kb:?}\n{meminfo}");
+    let uptime = read_text("/proc/uptime")?;
+    let secs: Option<f64> = uptime.split_whitespace().next().and_then(|s| s.parse().ok());
+    let now = rt::now_ns() as f64 / 1e9;
+    check!(secs.is_some_and(|s| s > 0.0 && s <= now + 0.01), "uptime {uptime:?}, now {now}");
+    let cpuinfo = read_text("/proc/cpuinfo")?;
+    check!(cpuinfo.lines().any(|l| l.starts_with("processor")), "{cpuinfo}");
+    let mounts = read_text("/proc/self/mounts")?;
+    let fields: Vec<(&str, &str)> = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split(' ');
+            let _source = w.next()?;
+            Some((w.next()?, w.next()?))
+        })
+        .collect();
+    for want in [("/", "ramfs"), ("/dev", "devfs"), ("/proc", "proc")] {
+        check!(fields.contains(&want), "{want:?} missing from /proc/self/mounts:\n{mounts}");
+    }
     Ok(())
 }
 
@@ -505,7 +550,8 @@ unsafe fn hop(
 }
 
 fn ctx_main(p: *mut PingPong) -> *mut osv_boot::rt::context::Context {
-    // SAFETY (of the callers): `p` is live; only the field's address is taken.
+    // SAFETY: `p` is live (the callers pass the test's `PingPong`); only the
+    // field's address is taken.
     unsafe { &raw mut (*p).main }
 }
 fn ctx_a(p: *mut PingPong) -> *mut osv_boot::rt::context::Context {

@@ -10,14 +10,15 @@
 //!   driven: QEMU needs `-global virtio-mmio.force-legacy=false`.
 
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use osv_boot::arch;
 use osv_virtio::transport::mmio::cmdline_devices;
 use osv_virtio::transport::pci::{Bdf, PciEnumerator, VirtioPciDevice};
 use osv_virtio::{
-    BarMapper, DeviceType, Hal, MmioTransport, PciConfig, PciTransport, PhysAddr, Transport, VolatileMmio,
-    PAGE_SIZE,
+    BarMapper, BlkError, BlockDevice, DeviceType, Hal, MmioTransport, PciConfig, PciTransport, PhysAddr,
+    RngError, Transport, VirtIOBlk, VirtIORng, VolatileMmio, PAGE_SIZE,
 };
 
 /// Everything below 4 GiB is identity-mapped by osv-boot's page tables.
@@ -178,4 +179,100 @@ pub fn discover(cmdline: &str) -> Vec<Found> {
         }
     }
     out
+}
+
+/// A virtio-rng driver on either transport.
+pub enum Rng {
+    Mmio(VirtIORng<HeapHal, MmioTransport<VolatileMmio>>),
+    Pci(VirtIORng<HeapHal, PciTransport<VolatileMmio>>),
+}
+
+impl Rng {
+    /// Fills `buf` completely; `Err(None)` if the device returned nothing.
+    pub fn fill_all(&mut self, buf: &mut [u8]) -> Result<(), Option<RngError>> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = match self {
+                Rng::Mmio(r) => r.fill(&mut buf[done..])?,
+                Rng::Pci(r) => r.fill(&mut buf[done..])?,
+            };
+            if n == 0 {
+                return Err(None);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// A virtio-blk driver on either transport.
+pub enum Blk {
+    Mmio(VirtIOBlk<HeapHal, MmioTransport<VolatileMmio>>),
+    Pci(VirtIOBlk<HeapHal, PciTransport<VolatileMmio>>),
+}
+
+macro_rules! blk_dispatch {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            Blk::Mmio($b) => $e,
+            Blk::Pci($b) => $e,
+        }
+    };
+}
+
+impl Blk {
+    pub fn sector_size(&self) -> u32 {
+        blk_dispatch!(self, b => b.sector_size())
+    }
+    pub fn size_bytes(&self) -> u64 {
+        blk_dispatch!(self, b => b.size_bytes())
+    }
+    /// `sector` in virtio's fixed 512-byte units (virtio 1.2 §5.2.6).
+    pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError> {
+        blk_dispatch!(self, b => b.read_blocks(sector, buf))
+    }
+    pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), BlkError> {
+        blk_dispatch!(self, b => b.write_blocks(sector, buf))
+    }
+    pub fn flush(&mut self) -> Result<(), BlkError> {
+        blk_dispatch!(self, b => b.flush())
+    }
+}
+
+/// The drivers the kernel runs, made once at boot.
+#[derive(Default)]
+pub struct Devices {
+    pub rng: Option<(Rng, String)>,
+    pub blk: Vec<(Blk, String)>,
+    /// Devices found but not driven (unsupported type or a failed init).
+    pub other: Vec<String>,
+}
+
+/// Finds the devices and starts a driver for each one this kernel uses.
+pub fn init(cmdline: &str) -> Devices {
+    let mut d = Devices::default();
+    for f in discover(cmdline) {
+        match (f.kind, f.transport) {
+            (DeviceType::Rng, AnyTransport::Mmio(t)) if d.rng.is_none() => {
+                match VirtIORng::new(&HeapHal, t) {
+                    Ok(r) => d.rng = Some((Rng::Mmio(r), f.location)),
+                    Err(e) => d.other.push(alloc::format!("virtio-rng at {}: {e:?}", f.location)),
+                }
+            }
+            (DeviceType::Rng, AnyTransport::Pci(t)) if d.rng.is_none() => match VirtIORng::new(&HeapHal, t) {
+                Ok(r) => d.rng = Some((Rng::Pci(r), f.location)),
+                Err(e) => d.other.push(alloc::format!("virtio-rng at {}: {e:?}", f.location)),
+            },
+            (DeviceType::Block, AnyTransport::Mmio(t)) => match VirtIOBlk::new(&HeapHal, t) {
+                Ok(b) => d.blk.push((Blk::Mmio(b), f.location)),
+                Err(e) => d.other.push(alloc::format!("virtio-blk at {}: {e:?}", f.location)),
+            },
+            (DeviceType::Block, AnyTransport::Pci(t)) => match VirtIOBlk::new(&HeapHal, t) {
+                Ok(b) => d.blk.push((Blk::Pci(b), f.location)),
+                Err(e) => d.other.push(alloc::format!("virtio-blk at {}: {e:?}", f.location)),
+            },
+            (kind, _) => d.other.push(alloc::format!("{kind:?} at {}", f.location)),
+        }
+    }
+    d
 }
