@@ -158,23 +158,22 @@ pub fn boot(b: &Boot<'_>, symbols: Option<&Symbolizer>) -> std::io::Result<Run> 
     });
     let mut lines = Vec::new();
     let mut times = Vec::new();
+    let mut record = |line: String, t: Duration| {
+        let shown = match symbols {
+            Some(s) => s.annotate(&line),
+            None => line,
+        };
+        if b.echo {
+            println!("{shown}");
+        }
+        lines.push(shown);
+        times.push(t);
+    };
     let mut timed_out = false;
     let status = loop {
-        match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok((line, t)) => {
-                let shown = match symbols {
-                    Some(s) => s.annotate(&line),
-                    None => line,
-                };
-                if b.echo {
-                    println!("{shown}");
-                }
-                lines.push(shown);
-                times.push(t);
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        if let Ok((line, t)) = rx.recv_timeout(Duration::from_millis(50)) {
+            record(line, t);
+            continue;
         }
         if let Some(st) = child.try_wait()? {
             break st.code();
@@ -189,15 +188,7 @@ pub fn boot(b: &Boot<'_>, symbols: Option<&Symbolizer>) -> std::io::Result<Run> 
     let _ = reader.join();
     // Lines that arrived after the exit.
     while let Ok((line, t)) = rx.try_recv() {
-        let shown = match symbols {
-            Some(s) => s.annotate(&line),
-            None => line,
-        };
-        if b.echo {
-            println!("{shown}");
-        }
-        lines.push(shown);
-        times.push(t);
+        record(line, t);
     }
     let stderr = err_reader.join().unwrap_or_default();
     Ok(Run { lines, times, status, timed_out, stderr, wall: start.elapsed() })
