@@ -206,6 +206,8 @@ mod tests {
     fn align_and_overflow() {
         assert_eq!(VirtAddr::new(0x1fff).align_down(PAGE_SIZE), VirtAddr::new(0x1000));
         assert!(!VirtAddr::new(0x1001).is_aligned(PAGE_SIZE));
+        assert_eq!(PhysAddr::new(0x20_1234).align_down(PAGE_SIZE), PhysAddr::new(0x20_1000));
+        assert!(PhysAddr::new(0x20_0000).is_aligned(2 * 1024 * 1024));
         assert_eq!(PhysAddr::new(u64::MAX).checked_add(1), None);
         assert_eq!(format!("{:?}", PhysAddr::new(0x10)), "PhysAddr(0x10)");
     }

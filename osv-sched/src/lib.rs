@@ -151,5 +151,6 @@ mod tests {
     #[test]
     fn index_round_trips() {
         assert_eq!(super::CpuId::new(7).index(), 7);
+        assert_eq!(super::CpuId::new(3).index(), 3);
     }
 }

@@ -279,6 +279,7 @@ impl core::error::Error for Errno {}
 mod tests {
     #[test]
     fn values_match_linux() {
+        assert_eq!(super::Errno::ENOENT.as_i32(), 2);
         assert_eq!(super::Errno::ENAMETOOLONG.as_i32(), 36);
         assert_eq!(super::Errno::ENOSYS.to_string(), "ENOSYS");
         assert_eq!(super::Errno::ELOOP.as_i32(), 40);
