@@ -264,27 +264,7 @@ impl VnodeOps for DevDir {
     fn cacheable(&self) -> bool {
         false
     }
-    fn create(&self, _name: &str, _perm: u32) -> Result<VnodeRef> {
-        Err(Errno::EACCES)
-    }
-    fn remove(&self, _name: &str) -> Result {
-        Err(Errno::EACCES)
-    }
-    fn rename(&self, _name: &str, _new_dir: &dyn VnodeOps, _new_name: &str) -> Result {
-        Err(Errno::EACCES)
-    }
-    fn mkdir(&self, _name: &str, _perm: u32) -> Result<VnodeRef> {
-        Err(Errno::EACCES)
-    }
-    fn rmdir(&self, _name: &str) -> Result {
-        Err(Errno::EACCES)
-    }
-    fn link(&self, _name: &str, _target: &dyn VnodeOps) -> Result {
-        Err(Errno::EACCES)
-    }
-    fn symlink(&self, _name: &str, _target: &str) -> Result<VnodeRef> {
-        Err(Errno::EACCES)
-    }
+    crate::ops::read_only_dir_ops!(Errno::EACCES);
     fn getattr(&self) -> Result<Stat> {
         Ok(stat(ROOT_INO, VType::Directory, 0o755, 2, 0, 4096, 0))
     }

@@ -376,3 +376,32 @@ pub trait FsOps: Send + Sync {
         Err(Errno::ENOSYS)
     }
 }
+
+/// The namespace-changing [`VnodeOps`] methods of a read-only directory
+/// (devfs, procfs), each answering `$err`. Used inside an `impl VnodeOps`.
+macro_rules! read_only_dir_ops {
+    ($err:expr) => {
+        fn create(&self, _name: &str, _perm: u32) -> Result<VnodeRef> {
+            Err($err)
+        }
+        fn remove(&self, _name: &str) -> Result {
+            Err($err)
+        }
+        fn rename(&self, _name: &str, _new_dir: &dyn VnodeOps, _new_name: &str) -> Result {
+            Err($err)
+        }
+        fn mkdir(&self, _name: &str, _perm: u32) -> Result<VnodeRef> {
+            Err($err)
+        }
+        fn rmdir(&self, _name: &str) -> Result {
+            Err($err)
+        }
+        fn link(&self, _name: &str, _target: &dyn VnodeOps) -> Result {
+            Err($err)
+        }
+        fn symlink(&self, _name: &str, _target: &str) -> Result<VnodeRef> {
+            Err($err)
+        }
+    };
+}
+pub(crate) use read_only_dir_ops;

@@ -199,27 +199,7 @@ impl VnodeOps for ProcDir {
         }
         self.entries.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()).ok_or(Errno::ENOENT)
     }
-    fn create(&self, _name: &str, _perm: u32) -> Result<VnodeRef> {
-        Err(Errno::EACCES)
-    }
-    fn remove(&self, _name: &str) -> Result {
-        Err(Errno::EACCES)
-    }
-    fn rename(&self, _name: &str, _new_dir: &dyn VnodeOps, _new_name: &str) -> Result {
-        Err(Errno::EACCES)
-    }
-    fn mkdir(&self, _name: &str, _perm: u32) -> Result<VnodeRef> {
-        Err(Errno::EACCES)
-    }
-    fn rmdir(&self, _name: &str) -> Result {
-        Err(Errno::EACCES)
-    }
-    fn link(&self, _name: &str, _target: &dyn VnodeOps) -> Result {
-        Err(Errno::EACCES)
-    }
-    fn symlink(&self, _name: &str, _target: &str) -> Result<VnodeRef> {
-        Err(Errno::EACCES)
-    }
+    crate::ops::read_only_dir_ops!(Errno::EACCES);
     fn getattr(&self) -> Result<Stat> {
         let subdirs = self.entries.iter().filter(|(_, v)| v.vtype() == VType::Directory).count() as u64;
         Ok(attr(self.ino, VType::Directory, 0o555, 2 + subdirs, 0))

@@ -42,6 +42,23 @@ pub trait Mmio {
         self.write32(offset, value as u32);
         self.write32(offset.wrapping_add(4), (value >> 32) as u32);
     }
+    /// Reads a 64-bit value exposed 32 bits at a time behind a select
+    /// register (virtio's feature words: 0 selects bits 0-31, 1 bits 32-63;
+    /// virtio 1.2 §4.1.4.3 and §4.2.2).
+    fn read_selected64(&self, select: usize, value: usize) -> u64 {
+        self.write32(select, 0);
+        let lo = self.read32(value);
+        self.write32(select, 1);
+        let hi = self.read32(value);
+        u64::from(lo) | u64::from(hi) << 32
+    }
+    /// Writes a 64-bit value 32 bits at a time behind a select register.
+    fn write_selected64(&self, select: usize, value: usize, v: u64) {
+        self.write32(select, 0);
+        self.write32(value, v as u32);
+        self.write32(select, 1);
+        self.write32(value, (v >> 32) as u32);
+    }
 }
 
 /// Registers reached with volatile loads and stores through a pointer.

@@ -116,19 +116,11 @@ impl<M: Mmio> Transport for MmioTransport<M> {
     }
 
     fn device_features(&mut self) -> Features {
-        self.regs.write32(reg::DEVICE_FEATURES_SEL, 0);
-        let lo = self.regs.read32(reg::DEVICE_FEATURES);
-        self.regs.write32(reg::DEVICE_FEATURES_SEL, 1);
-        let hi = self.regs.read32(reg::DEVICE_FEATURES);
-        Features::from_bits(u64::from(lo) | u64::from(hi) << 32)
+        Features::from_bits(self.regs.read_selected64(reg::DEVICE_FEATURES_SEL, reg::DEVICE_FEATURES))
     }
 
     fn set_driver_features(&mut self, features: Features) {
-        let bits = features.bits();
-        self.regs.write32(reg::DRIVER_FEATURES_SEL, 0);
-        self.regs.write32(reg::DRIVER_FEATURES, bits as u32);
-        self.regs.write32(reg::DRIVER_FEATURES_SEL, 1);
-        self.regs.write32(reg::DRIVER_FEATURES, (bits >> 32) as u32);
+        self.regs.write_selected64(reg::DRIVER_FEATURES_SEL, reg::DRIVER_FEATURES, features.bits());
     }
 
     fn status(&self) -> DeviceStatus {

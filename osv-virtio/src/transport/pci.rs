@@ -487,19 +487,13 @@ impl<M: Mmio> Transport for PciTransport<M> {
     }
 
     fn device_features(&mut self) -> Features {
-        self.common.write32(common::DEVICE_FEATURE_SELECT, 0);
-        let lo = self.common.read32(common::DEVICE_FEATURE);
-        self.common.write32(common::DEVICE_FEATURE_SELECT, 1);
-        let hi = self.common.read32(common::DEVICE_FEATURE);
-        Features::from_bits(u64::from(lo) | u64::from(hi) << 32)
+        Features::from_bits(
+            self.common.read_selected64(common::DEVICE_FEATURE_SELECT, common::DEVICE_FEATURE),
+        )
     }
 
     fn set_driver_features(&mut self, features: Features) {
-        let bits = features.bits();
-        self.common.write32(common::DRIVER_FEATURE_SELECT, 0);
-        self.common.write32(common::DRIVER_FEATURE, bits as u32);
-        self.common.write32(common::DRIVER_FEATURE_SELECT, 1);
-        self.common.write32(common::DRIVER_FEATURE, (bits >> 32) as u32);
+        self.common.write_selected64(common::DRIVER_FEATURE_SELECT, common::DRIVER_FEATURE, features.bits());
     }
 
     fn status(&self) -> DeviceStatus {
