@@ -58,7 +58,7 @@ pub fn run(boot: &'static BootInfo) -> bool {
         if boot.cmdline.has_flag("test.fail") { crate::tests::DELIBERATE_FAILURE } else { &[] };
     let (mut passed, mut failed, mut skipped) = (0u32, 0u32, 0u32);
     println!("running in-kernel tests");
-    for t in crate::tests::ALL.iter().chain(extra).filter(|t| selected(t.name)) {
+    for t in crate::tests::SUITES.iter().flat_map(|s| s.iter()).chain(extra).filter(|t| selected(t.name)) {
         let start = osv_boot::rt::now_ns();
         let r = (t.run)(boot);
         let us = (osv_boot::rt::now_ns() - start) / 1000;

@@ -48,6 +48,9 @@ fn main(boot: &'static BootInfo) -> ! {
     if let Some(at) = &mounted.entropy {
         println!("/dev/random: virtio-rng at {at}");
     }
+    for at in virtio::unclaimed() {
+        println!("virtio: {at} (not driven yet)");
+    }
     if let Some(kind) = boot.cmdline.value("crash") {
         crash(kind);
     }

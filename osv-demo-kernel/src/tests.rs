@@ -12,6 +12,10 @@ use osv_boot::trap::{vector, TrapFrame};
 use osv_boot::{arch, BootInfo};
 use osv_sched::hal::ContextSwitch;
 
+/// Every suite the kernel runs, in order: one line per subsystem's test
+/// module (each module owns its `ALL` list).
+pub static SUITES: &[&[Test]] = &[ALL];
+
 pub static ALL: &[Test] = &[
     Test { name: "exceptions::breakpoint_is_caught_and_resumed", run: breakpoint },
     Test { name: "exceptions::page_fault_is_caught_and_reported", run: page_fault },

@@ -248,6 +248,23 @@ pub struct Devices {
     pub other: Vec<String>,
 }
 
+/// Devices found at boot that `init` does not drive itself (net, console,
+/// fs, ...): the subsystem that drives a kind takes it with [`take`].
+static UNCLAIMED: spin::Mutex<Vec<Found>> = spin::Mutex::new(Vec::new());
+
+/// Takes the first unclaimed device of `kind`, if there is one.
+#[allow(dead_code)] // until a subsystem drives such devices
+pub fn take(kind: DeviceType) -> Option<Found> {
+    let mut all = UNCLAIMED.lock();
+    let i = all.iter().position(|f| f.kind == kind)?;
+    Some(all.remove(i))
+}
+
+/// Where the devices nobody has claimed yet are, for the banner.
+pub fn unclaimed() -> Vec<String> {
+    UNCLAIMED.lock().iter().map(|f| alloc::format!("{:?} at {}", f.kind, f.location)).collect()
+}
+
 /// Finds the devices and starts a driver for each one this kernel uses.
 pub fn init(cmdline: &str) -> Devices {
     let mut d = Devices::default();
@@ -271,7 +288,7 @@ pub fn init(cmdline: &str) -> Devices {
                 Ok(b) => d.blk.push((Blk::Pci(b), f.location)),
                 Err(e) => d.other.push(alloc::format!("virtio-blk at {}: {e:?}", f.location)),
             },
-            (kind, _) => d.other.push(alloc::format!("{kind:?} at {}", f.location)),
+            (kind, transport) => UNCLAIMED.lock().push(Found { kind, transport, location: f.location }),
         }
     }
     d
