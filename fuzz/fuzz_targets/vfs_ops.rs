@@ -1,17 +1,46 @@
 //! The descriptor API under arbitrary operation sequences and paths: a fresh
-//! ramfs-backed `Vfs` must return a result or an errno for every call, never
-//! panic, and free every vnode once dropped.
+//! ramfs-backed `Vfs`, with devfs on `/dev` and procfs on `/proc`, must
+//! return a result or an errno for every call, never panic, and free every
+//! ramfs vnode once dropped.
 //!
 //! Input: a sequence of operations, each an opcode byte followed by its
 //! operands (paths are token lists over a small alphabet with `.`, `..`,
-//! empty components and over-long names; numbers are little-endian bytes).
+//! empty components, over-long names and the names in `/dev` and `/proc`;
+//! numbers are little-endian bytes).
 //! Running out of input ends the sequence.
 #![no_main]
 
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use osv_vfs::{Fd, OpenFlags, PollEvents, RamFs, Vfs, Whence, ZeroClock};
+use osv_vfs::{
+    ConsoleSink, CpuInfo, DevFs, EntropySource, Fd, MemInfo, MountList, OpenFlags, PollEvents, ProcFs, ProcSource,
+    RamFs, Vfs, Whence, ZeroClock,
+};
+
+struct Kernel;
+impl ProcSource for Kernel {
+    fn meminfo(&self) -> MemInfo {
+        MemInfo { total: 64 << 20, free: 1 << 20, available: 1 << 20 }
+    }
+    fn uptime_ns(&self) -> u64 {
+        123_456_789
+    }
+    fn cpuinfo(&self) -> CpuInfo {
+        CpuInfo { count: 2, vendor: "V".into(), model_name: "M".into(), khz: 1 }
+    }
+}
+struct Sink;
+impl ConsoleSink for Sink {
+    fn write(&self, _bytes: &[u8]) {}
+}
+struct Entropy;
+impl EntropySource for Entropy {
+    fn fill(&self, buf: &mut [u8]) -> osv_vfs::Result {
+        buf.fill(7);
+        Ok(())
+    }
+}
 
 struct Input<'a>(&'a [u8]);
 
@@ -47,7 +76,10 @@ impl Input<'_> {
         Some(d.to_vec())
     }
     fn path(&mut self) -> Option<String> {
-        const TOKENS: [&str; 10] = ["a", "b", "c", "/", "/", ".", "..", "d", "/", "e"];
+        const TOKENS: [&str; 20] = [
+            "a", "b", "c", "/", "/", ".", "..", "d", "/", "e", "dev", "proc", "null", "zero", "self", "mounts",
+            "random", "console", "uptime", "meminfo",
+        ];
         let n = self.byte()?;
         let mut s = String::new();
         for _ in 0..n % 10 {
@@ -56,6 +88,8 @@ impl Input<'_> {
                 0xfe => s.push_str(&"L".repeat(255)),
                 0xff => s.push_str(&"M".repeat(256)),
                 0xfd => s.push_str(&"/".repeat(4096)),
+                0xfc => s.push_str("/dev/"),
+                0xfb => s.push_str("/proc/"),
                 _ => s.push_str(TOKENS[usize::from(t) % TOKENS.len()]),
             }
         }
@@ -187,7 +221,12 @@ fn step(vfs: &Vfs, inp: &mut Input<'_>, extra: &mut Vec<Arc<RamFs>>) -> Option<(
 fuzz_target!(|data: &[u8]| {
     let root = RamFs::new(Arc::new(ZeroClock));
     let mut counters = vec![root.live_counter()];
-    let vfs = Vfs::new(root).expect("mounting a fresh ramfs");
+    let vfs = Arc::new(Vfs::new(root).expect("mounting a fresh ramfs"));
+    vfs.mkdir("/dev", 0o755).expect("mkdir /dev");
+    vfs.mkdir("/proc", 0o555).expect("mkdir /proc");
+    vfs.mount("/dev", DevFs::new(Arc::new(Sink), Arc::new(Entropy))).expect("mounting devfs");
+    let mounts: Arc<dyn MountList> = Arc::new(Arc::downgrade(&vfs));
+    vfs.mount("/proc", ProcFs::new(Arc::new(Kernel), mounts)).expect("mounting procfs");
     let mut extra = Vec::new();
     let mut inp = Input(data);
     while step(&vfs, &mut inp, &mut extra).is_some() {}

@@ -115,6 +115,40 @@ pub fn cr2() -> u64 {
     v
 }
 
+/// Reads CR3: the physical address of the active top-level page table
+/// (plus PCD/PWT flag bits, zero here).
+#[inline]
+pub fn read_cr3() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR3 has no side effects (ring 0, as everywhere here).
+    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Loads CR3, switching address space and flushing non-global TLB entries.
+///
+/// # Safety
+/// `root` is a valid PML4 that maps, at their current addresses, all code,
+/// data and stacks in use (including this function and the caller's stack).
+#[inline]
+pub unsafe fn write_cr3(root: u64) {
+    // SAFETY: the caller upholds the contract above.
+    unsafe { asm!("mov cr3, {}", in(reg) root, options(nostack, preserves_flags)) }
+}
+
+/// Invalidates the TLB entry of the page holding `addr` (SDM vol. 2, INVLPG).
+#[inline]
+pub fn invlpg(addr: u64) {
+    // SAFETY: dropping a cached translation is always safe; the next access
+    // walks the page tables again.
+    unsafe { asm!("invlpg [{}]", in(reg) addr, options(nostack, preserves_flags)) }
+}
+
+/// `IA32_EFER` (SDM vol. 4, table 2-2) and its no-execute enable bit.
+pub const MSR_EFER: u32 = 0xc000_0080;
+/// `IA32_EFER.NXE`: bit 63 of page-table entries means no-execute.
+pub const EFER_NXE: u64 = 1 << 11;
+
 /// Reads the current frame pointer.
 #[inline(always)]
 pub fn rbp() -> u64 {

@@ -17,6 +17,8 @@ const LVT_TIMER: usize = 0x320;
 const TIMER_INITIAL: usize = 0x380;
 const TIMER_CURRENT: usize = 0x390;
 const TIMER_DIVIDE: usize = 0x3e0;
+/// LVT timer mode bits 18:17 = `0b10`: TSC-deadline.
+const TSC_DEADLINE_MODE: u32 = 0b10 << 17;
 /// LVT mask bit.
 const MASKED: u32 = 1 << 16;
 
@@ -79,6 +81,13 @@ impl Lapic {
     pub fn oneshot(&self, vector: u8, ticks: u32) {
         self.write(LVT_TIMER, u32::from(vector));
         self.write(TIMER_INITIAL, ticks);
+    }
+
+    /// Puts the timer in TSC-deadline mode on `vector` (LVT timer mode
+    /// `0b10`, SDM vol. 3A §11.5.4.1): it then fires when the TSC reaches
+    /// the value written to `IA32_TSC_DEADLINE`.
+    pub fn tsc_deadline_mode(&self, vector: u8) {
+        self.write(LVT_TIMER, u32::from(vector) | TSC_DEADLINE_MODE);
     }
 
     /// Starts the timer counting down from `ticks` with its interrupt masked

@@ -52,6 +52,7 @@
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
+pub mod acpi;
 pub mod arch;
 pub mod backtrace;
 pub mod desc;

@@ -7,7 +7,7 @@
 //!   boot-to-first-app-line measurement);
 //! - `test.fail`: add a test that fails on purpose (proves the runner sees
 //!   failures);
-//! - `crash=pagefault|panic|gp|hang`: crash or hang on purpose after the
+//! - `crash=pagefault|panic|gp|stackoverflow|hang`: crash or hang on purpose after the
 //!   banner (proves the fatal reports, their stack traces and the watchdog);
 //! - `tests=NAME[,NAME...]`: run only tests whose names contain one of these.
 #![no_std]
@@ -15,12 +15,18 @@
 
 extern crate alloc;
 
+mod blk_bench;
 mod fs;
 mod heap;
 mod ktest;
+mod mm;
+mod net;
+mod sched_tests;
 mod tests;
 mod threads;
 mod virtio;
+mod virtiofs;
+mod zfs;
 
 use osv_boot::rt::{exit, ExitCode};
 use osv_boot::{println, BootInfo};
@@ -29,6 +35,7 @@ osv_boot::entry_point!(main);
 
 fn main(boot: &'static BootInfo) -> ! {
     heap::init(boot);
+    mm::init(boot);
     let devices = virtio::init(boot.cmdline.as_str());
     let mounted = fs::init(boot, devices);
     println!(
@@ -69,6 +76,7 @@ fn crash(kind: &str) -> ! {
     match kind {
         "pagefault" => crash_page_fault(),
         "gp" => crash_general_protection(),
+        "stackoverflow" => crash_stack_overflow(),
         "hang" => osv_boot::arch::halt_forever(),
         _ => panic!("crash requested on the command line ({kind})"),
     }
@@ -82,6 +90,33 @@ fn crash_page_fault() -> ! {
     // handler ends the run.
     let v = unsafe { p.read_volatile() };
     panic!("read of an unmapped address returned {v}")
+}
+
+/// A kernel thread runs off the bottom of its stack: the fault report must
+/// name the thread's stack (its guard page, osv-boot's guard registry) and
+/// the recursing function.
+#[inline(never)]
+fn crash_stack_overflow() -> ! {
+    if let Err(e) = threads::init() {
+        panic!("no scheduler: {e}");
+    }
+    let t = threads::spawn("overflow-thread", || {
+        let n = recurse_forever(0);
+        osv_boot::println!("the recursion returned {n}");
+    });
+    let _ = t.join();
+    panic!("the overflowing thread finished")
+}
+
+#[inline(never)]
+fn recurse_forever(depth: u64) -> u64 {
+    let mut frame = [0u8; 256];
+    frame[0] = depth as u8;
+    core::hint::black_box(&mut frame);
+    if depth == u64::MAX {
+        return 0;
+    }
+    recurse_forever(depth + 1).wrapping_add(u64::from(frame[0]))
 }
 
 #[inline(never)]

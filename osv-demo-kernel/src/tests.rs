@@ -14,7 +14,15 @@ use osv_sched::hal::ContextSwitch;
 
 /// Every suite the kernel runs, in order: one line per subsystem's test
 /// module (each module owns its `ALL` list).
-pub static SUITES: &[&[Test]] = &[ALL];
+pub static SUITES: &[&[Test]] = &[
+    ALL,
+    crate::mm::ALL,
+    crate::zfs::ALL,
+    crate::blk_bench::ALL,
+    crate::sched_tests::ALL,
+    crate::net::ALL,
+    crate::virtiofs::ALL,
+];
 
 pub static ALL: &[Test] = &[
     Test { name: "exceptions::breakpoint_is_caught_and_resumed", run: breakpoint },
@@ -342,7 +350,7 @@ fn vfs_namespace(_: &'static BootInfo) -> Outcome {
 
 /// Skips a device test when QEMU was started without the device, but fails
 /// it when the runner said (`expect=virtio-...`) that it attached one.
-fn missing(boot: &'static BootInfo, name: &str) -> crate::ktest::NotPassed {
+pub(crate) fn missing(boot: &'static BootInfo, name: &str) -> crate::ktest::NotPassed {
     if boot.cmdline.value("expect").is_some_and(|e| e.split(',').any(|x| x == name)) {
         alloc::format!("no {name} device, but the runner attached one").into()
     } else {
@@ -371,13 +379,33 @@ fn host_check_sector() -> Vec<u8> {
     v
 }
 
+/// The first bytes of the runner's scratch disk (`scratch_disk` in
+/// xtask/src/main.rs).
+const SCRATCH_MAGIC: &[u8; 24] = b"osv scratch disk, write\n";
+
+/// The runner's scratch disk: the block device that starts with
+/// `SCRATCH_MAGIC`, or with the sector `virtio_blk` leaves there. Other
+/// disks (a ZFS pool's vdevs) are never written.
+pub(crate) fn scratch_disk() -> Option<alloc::string::String> {
+    use osv_vfs::OpenFlags;
+    let v = crate::fs::vfs();
+    let done = host_check_sector();
+    crate::fs::mounted().block_devices.iter().map(|(n, _)| alloc::format!("/dev/{n}")).find(|p| {
+        let mut head = [0u8; 64];
+        v.open(p, OpenFlags::RDONLY, 0).is_ok_and(|fd| {
+            let n = v.pread(fd, &mut head, 0);
+            let _ = v.close(fd);
+            n == Ok(head.len()) && (head.starts_with(SCRATCH_MAGIC) || head[..] == done[..head.len()])
+        })
+    })
+}
+
 fn virtio_blk(boot: &'static BootInfo) -> Outcome {
     use osv_vfs::{OpenFlags, VType};
-    let Some((name, _)) = crate::fs::mounted().block_devices.first() else {
+    let v = crate::fs::vfs();
+    let Some(path) = scratch_disk() else {
         return Err(missing(boot, "virtio-blk"));
     };
-    let v = crate::fs::vfs();
-    let path = alloc::format!("/dev/{name}");
     let st = v.stat(&path).map_err(|e| alloc::format!("stat {path}: {e}"))?;
     check!(st.kind == VType::BlockDevice, "{path} is {:?}", st.kind);
     let size = st.size;

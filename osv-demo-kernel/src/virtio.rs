@@ -205,6 +205,36 @@ impl Rng {
     }
 }
 
+/// Nanoseconds all virtio-blk requests spent spinning for the device (from
+/// the first poll that found nothing to the last one), so a measurement can
+/// tell the driver's own work from waiting for QEMU. Under `-icount` the
+/// nanoseconds are instructions, and the wait depends on how fast the host
+/// serves the request: only the rest is a property of the guest's code.
+pub static BLK_WAIT_NS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The wait hook of one blocking request: spins, and remembers the span.
+#[derive(Default)]
+struct WaitSpan {
+    first: Option<u64>,
+    last: u64,
+}
+
+impl WaitSpan {
+    fn poll(&mut self) -> bool {
+        let now = osv_boot::rt::now_ns();
+        self.first.get_or_insert(now);
+        core::hint::spin_loop();
+        self.last = osv_boot::rt::now_ns();
+        true
+    }
+
+    fn account(self) {
+        if let Some(first) = self.first {
+            BLK_WAIT_NS.fetch_add(self.last - first, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// A virtio-blk driver on either transport.
 pub enum Blk {
     Mmio(VirtIOBlk<HeapHal, MmioTransport<VolatileMmio>>),
@@ -229,10 +259,16 @@ impl Blk {
     }
     /// `sector` in virtio's fixed 512-byte units (virtio 1.2 §5.2.6).
     pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError> {
-        blk_dispatch!(self, b => b.read_blocks(sector, buf))
+        let mut w = WaitSpan::default();
+        let r = blk_dispatch!(self, b => b.read_blocks_with(sector, buf, &mut || w.poll()));
+        w.account();
+        r
     }
     pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), BlkError> {
-        blk_dispatch!(self, b => b.write_blocks(sector, buf))
+        let mut w = WaitSpan::default();
+        let r = blk_dispatch!(self, b => b.write_blocks_with(sector, buf, &mut || w.poll()));
+        w.account();
+        r
     }
     pub fn flush(&mut self) -> Result<(), BlkError> {
         blk_dispatch!(self, b => b.flush())
@@ -253,7 +289,6 @@ pub struct Devices {
 static UNCLAIMED: spin::Mutex<Vec<Found>> = spin::Mutex::new(Vec::new());
 
 /// Takes the first unclaimed device of `kind`, if there is one.
-#[allow(dead_code)] // until a subsystem drives such devices
 pub fn take(kind: DeviceType) -> Option<Found> {
     let mut all = UNCLAIMED.lock();
     let i = all.iter().position(|f| f.kind == kind)?;

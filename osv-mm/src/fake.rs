@@ -1,5 +1,6 @@
 //! Host memory for tests: a [`FakeMemory`] arena of 4 KiB frames that is both the
-//! [`FrameAllocator`] and the [`PhysMapper`].
+//! [`FrameAllocator`] and the [`PhysMapper`], and [`FakeRam`], contiguous host memory posing
+//! as physical RAM for the page allocator and the heap.
 //!
 //! It is adversarial like virtio-drivers' fake HAL: freshly allocated frames are filled with a
 //! junk pattern (code that forgets to zero a table sees garbage entries), freeing a frame
@@ -15,7 +16,7 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 use std::vec::Vec;
 
-use crate::hw::{FrameAllocator, PhysMapper};
+use crate::hw::{FrameAllocator, LinearMap, PhysMapper};
 use crate::sync::{AtomicU64, Ordering};
 use crate::PhysAddr;
 
@@ -137,6 +138,104 @@ unsafe impl PhysMapper for FakeMemory {
     fn frame_ptr(&self, frame: PhysAddr) -> NonNull<u8> {
         let i = self.index(frame).unwrap_or_else(|| panic!("{frame:?} is not a fake frame"));
         NonNull::from(&self.frames[i]).cast()
+    }
+}
+
+/// Where [`FakeRam`] puts its first frame by default.
+pub const FAKE_RAM_BASE: u64 = 0x1_0000_0000;
+
+/// A contiguous arena of host memory posing as physical RAM at a chosen base address: the
+/// backing store for the page allocator and the heap in tests and benchmarks. Frame `i` is
+/// physical address `base + i * 4096`, and consecutive frames are consecutive in host memory,
+/// so it is a [`LinearMap`] too. Fresh memory holds [`JUNK`].
+pub struct FakeRam {
+    frames: NonNull<Frame>,
+    len: usize,
+    base: u64,
+}
+
+// SAFETY: the arena is plain memory of atomics owned by the value.
+unsafe impl Send for FakeRam {}
+// SAFETY: all access goes through atomics or through pointers whose users synchronise.
+unsafe impl Sync for FakeRam {}
+
+/// Host alignment of the arena: virtual and physical addresses agree modulo this.
+pub const FAKE_RAM_ALIGN: usize = 2 << 20;
+
+impl core::fmt::Debug for FakeRam {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "FakeRam({:#x}, {} frames)", self.base, self.len)
+    }
+}
+
+impl FakeRam {
+    /// `frames` frames (at least one) from physical address `base` (2 MiB aligned, so that
+    /// virtual and physical addresses agree modulo 2 MiB, as [`LinearMap`] promises).
+    pub fn new(base: PhysAddr, frames: usize) -> Self {
+        assert!(base.is_aligned(FAKE_RAM_ALIGN as u64), "FakeRam base must be 2 MiB aligned");
+        assert!(frames > 0);
+        let layout =
+            std::alloc::Layout::from_size_align(frames * 4096, FAKE_RAM_ALIGN).expect("FakeRam too big");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc(layout) }.cast::<Frame>();
+        let Some(ptr) = NonNull::new(raw) else { std::alloc::handle_alloc_error(layout) };
+        for i in 0..frames {
+            // SAFETY: frame `i` is inside the fresh allocation, suitably aligned.
+            unsafe { ptr.as_ptr().add(i).write(Frame(core::array::from_fn(|_| AtomicU64::new(JUNK)))) };
+        }
+        Self { frames: ptr, len: frames, base: base.as_u64() }
+    }
+
+    fn frame(&self, i: usize) -> &Frame {
+        assert!(i < self.len);
+        // SAFETY: `i` is in bounds of the initialised arena, which lives as long as `self`.
+        unsafe { &*self.frames.as_ptr().add(i) }
+    }
+
+    /// The physical range the arena covers.
+    pub fn range(&self) -> core::ops::Range<PhysAddr> {
+        PhysAddr::new(self.base)..PhysAddr::new(self.base + self.len as u64 * 4096)
+    }
+
+    fn index(&self, frame: PhysAddr) -> usize {
+        let off = frame.as_u64().wrapping_sub(self.base);
+        let i = usize::try_from(off / 4096).unwrap_or(usize::MAX);
+        assert!(i < self.len, "{frame:?} is outside the fake RAM");
+        i
+    }
+
+    /// Reads the `word`-th `u64` of the page at `frame`.
+    pub fn read_u64(&self, frame: PhysAddr, word: usize) -> u64 {
+        self.frame(self.index(frame)).0[word].load(Ordering::Relaxed)
+    }
+}
+
+// SAFETY: frame `i` is the 4096-byte, 4096-aligned `frames[i]`, owned by `self` for its whole
+// life; frames do not overlap, and they are atomics, so writes through the pointer (made from
+// a shared reference) are permitted interior mutation.
+unsafe impl PhysMapper for FakeRam {
+    fn frame_ptr(&self, frame: PhysAddr) -> NonNull<u8> {
+        let i = self.index(frame.align_down(4096));
+        NonNull::from(self.frame(i)).cast()
+    }
+}
+
+// SAFETY: `frames` is one allocation of 4096-byte elements, so frame `i + k` is `k * 4096`
+// bytes after frame `i` in host memory; the arena is 2 MiB aligned in host memory and `base`
+// in physical memory; and `phys_of` inverts `frame_ptr`.
+unsafe impl LinearMap for FakeRam {
+    fn phys_of(&self, ptr: NonNull<u8>) -> PhysAddr {
+        let off = (ptr.as_ptr() as usize).wrapping_sub(self.frames.as_ptr() as usize);
+        PhysAddr::new(self.base + off as u64)
+    }
+}
+
+impl Drop for FakeRam {
+    fn drop(&mut self) {
+        let layout =
+            std::alloc::Layout::from_size_align(self.len * 4096, FAKE_RAM_ALIGN).expect("made in new");
+        // SAFETY: allocated in `new` with this layout; `Frame` needs no drop.
+        unsafe { std::alloc::dealloc(self.frames.as_ptr().cast(), layout) };
     }
 }
 

@@ -162,6 +162,29 @@ pub unsafe trait PhysMapper {
     fn frame_ptr(&self, frame: PhysAddr) -> NonNull<u8>;
 }
 
+/// A [`PhysMapper`] that maps physical memory linearly (OSv's `phys_mem` window): frames that
+/// are consecutive in physical memory are consecutive in virtual memory, so a run of pages
+/// can be used as one buffer. The heap needs this for multi-page allocations.
+///
+/// # Safety
+/// Implementers promise, besides [`PhysMapper`]'s promise:
+/// 1. `frame_ptr(a + k * 4096) == frame_ptr(a) + k * 4096` for all frames of the memory it is
+///    used with, and
+/// 2. `phys_of(frame_ptr(a).add(o)) == a + o` for `o < 4096`, and
+/// 3. virtual and physical addresses are congruent modulo 2 MiB (so a physically aligned run
+///    of pages is aligned the same way in virtual memory, up to 2 MiB).
+pub unsafe trait LinearMap: PhysMapper {
+    /// The physical address behind a pointer into mapped physical memory.
+    fn phys_of(&self, ptr: NonNull<u8>) -> PhysAddr;
+}
+
+// SAFETY: forwards to `T`, which keeps its promises.
+unsafe impl<T: LinearMap + ?Sized> LinearMap for &T {
+    fn phys_of(&self, ptr: NonNull<u8>) -> PhysAddr {
+        (**self).phys_of(ptr)
+    }
+}
+
 // SAFETY: forwards to `T`, which keeps its promises.
 unsafe impl<T: FrameAllocator + ?Sized> FrameAllocator for &T {
     fn allocate_frame(&self) -> Option<PhysAddr> {

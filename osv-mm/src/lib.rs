@@ -16,9 +16,23 @@
 //!    kernel's [`TlbFlush`].
 //! 5. **Page providers** ([`PageAllocator`], OSv's `page_allocator`): what fills an entry,
 //!    at level 0 or 1: [`AnonZero`] (zero-filled anonymous memory) and [`PhysRange`] (MMIO).
+//! 6. **Physical memory** ([`phys`]): [`PageRangeAllocator`], OSv's page-range allocator over
+//!    the boot memory map (free lists by order, a list of huge ranges, headers and boundary
+//!    bitmaps kept in the free memory itself, merging on free, 2 MiB-aligned runs, typed
+//!    [`PhysError`]s), and [`PerCpuPages`], per-CPU stacks of free frames in front of it, so
+//!    the common single-page allocation and free take no lock. CPU identity comes through
+//!    [`CpuLocal`] ([`percpu`]), which the kernel implements.
+//! 7. **malloc** ([`heap`]): [`Heap`], a `GlobalAlloc` with per-CPU pools of small objects in
+//!    one-page slabs (OSv's `memory::pool`), cross-CPU frees through a lock-free MPSC stack to
+//!    the owning CPU, whole pages for large allocations, run-time statistics; pages come
+//!    through [`HeapPages`].
+//! 8. **Address spaces** ([`vma`], feature `alloc`): VMAs in a range tree, mmap / munmap /
+//!    mprotect / msync with VMA splitting, the page-fault handler (demand zero fill,
+//!    copy-on-write of private file pages through [`vma::FileBacking`]) and stacks with guard
+//!    pages reported as [`vma::Fault::StackOverflow`].
 //!
-//! Still to come (issue #3): VMAs and the fault handler, the physical page allocator with
-//! per-CPU caches, malloc, guard pages.
+//! Still to come (issue #3): use by the demo kernel (boot map, heap, stacks), merging 4 KiB
+//! pages back into 2 MiB pages, deferred freeing of table frames after the TLB flush.
 //!
 //! # Design
 //!
@@ -30,9 +44,14 @@
 //!   much later. So changes return a `#[must_use]` [`MapperFlush`] listing the ranges (or
 //!   "flush all" past a threshold); the kernel batches it into one shootdown via
 //!   [`TlbFlush`], or calls [`MapperFlush::ignore`] when the tables are not live.
-//! - **Hardware behind traits.** Frames, the physical map and the TLB are traits, so the
-//!   whole walker runs on the host against `fake::FakeMemory` (feature `std`), under
-//!   proptest, and the `HwPtep` race under loom (see [`sync`]).
+//! - **Hardware behind traits.** Frames, the physical map, the TLB and the CPU identity are
+//!   traits, so the whole walker, the allocators and the fault handler run on the host
+//!   against `fake::FakeMemory`/`fake::FakeRam` (feature `std`), under proptest, and the
+//!   `HwPtep` race, the per-CPU page caches and the heap's cross-CPU free stack under loom
+//!   (see [`sync`]).
+//! - **Per-CPU first.** A CPU's page cache and heap pools are touched only by that CPU, with
+//!   plain loads and stores; other CPUs talk to them through one atomic each (a drain
+//!   request flag, a lock-free stack of remotely freed objects).
 //! - **All or nothing.** An operation that fails (say out of frames) leaves every
 //!   translation as it was and leaks no frame.
 //!
@@ -68,10 +87,49 @@
 //! # }
 //! ```
 //!
+//! The physical allocator, the per-CPU caches and the heap, on host memory posing as RAM
+//! (the kernel passes its boot memory map and a linear map instead):
+//!
+//! ```
+//! # #[cfg(feature = "std")] {
+//! use core::alloc::{GlobalAlloc, Layout};
+//! use osv_mm::fake::{FakeRam, FAKE_RAM_BASE};
+//! use osv_mm::percpu::ThreadCpus;
+//! use osv_mm::{Heap, PageRangeAllocator, PerCpuPages, PhysAddr};
+//!
+//! let ram = FakeRam::new(PhysAddr::new(FAKE_RAM_BASE), 2048); // 8 MiB
+//! let pages = PerCpuPages::<_, _, 4>::new(PageRangeAllocator::new(&ram), ThreadCpus);
+//! // SAFETY: the fake RAM is used by nothing else.
+//! let free = unsafe { pages.global().add_region(ram.range()) }.unwrap();
+//! assert_eq!(free, 2047); // one page of boundary bitmaps
+//!
+//! let frame = pages.alloc_page().unwrap(); // from this CPU's cache
+//! let huge = pages.global().alloc_huge().unwrap(); // 512 pages, 2 MiB aligned
+//! assert!(huge.is_aligned(2 << 20));
+//! // SAFETY: both came from `pages` and are not used.
+//! unsafe {
+//!     pages.free_page(frame).unwrap();
+//!     pages.global().free(huge, 512).unwrap();
+//! }
+//!
+//! let heap = Heap::<_, _, 4>::new(&pages, ThreadCpus);
+//! let layout = Layout::from_size_align(48, 16).unwrap();
+//! // SAFETY: a non-zero layout; freed with the same layout below.
+//! unsafe {
+//!     let p = heap.alloc(layout);
+//!     assert!(!p.is_null() && (p as usize).is_multiple_of(16));
+//!     assert_eq!(heap.stats().bytes_in_use, 64); // the 64-byte class
+//!     heap.dealloc(p, layout);
+//! }
+//! assert_eq!(heap.stats().bytes_in_use, 0);
+//! # }
+//! ```
+//!
 //! # Features
 //!
-//! - `alloc`: APIs that need a heap (none yet).
-//! - `std`: host tools and tests: the `fake` module (host memory as frames).
+//! - `alloc`: APIs that need a heap: the [`vma`] module (address spaces).
+//! - `std`: host tools and tests (implies `alloc`): the `fake` module (host memory as frames
+//!   and as RAM) and `percpu::ThreadCpus` (threads as CPUs).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
@@ -81,22 +139,30 @@ extern crate alloc;
 extern crate std;
 
 pub mod flush;
+pub mod heap;
 pub mod hw;
 pub mod level;
 #[cfg(not(loom))]
 pub mod mapper;
+pub mod percpu;
+pub mod phys;
 pub mod provider;
 pub mod pte;
 pub mod sync;
+#[cfg(all(feature = "alloc", not(loom)))]
+pub mod vma;
 
 #[cfg(all(any(test, feature = "std"), not(loom)))]
 pub mod fake;
 
 pub use flush::{MapperFlush, TlbFlush};
-pub use hw::{FrameAllocator, HwPtep, PageTable, PhysMapper};
+pub use heap::{Heap, HeapPages};
+pub use hw::{FrameAllocator, HwPtep, LinearMap, PageTable, PhysMapper};
 pub use level::{HasLower, HugeCapable, Level, PageSize, Size, Size1G, Size2M, Size4K, L0, L1, L2, L3};
 #[cfg(not(loom))]
 pub use mapper::Mapper;
+pub use percpu::CpuLocal;
+pub use phys::{PageRangeAllocator, PerCpuPages, PhysError};
 pub use provider::{AnonZero, PageAllocator, PhysRange};
 pub use pte::{AddressNotAligned, Flags, PtElement};
 

@@ -201,6 +201,30 @@ impl<T: Copy + PartialEq> CpuSched<T> {
         }
     }
 
+    /// A voluntary yield at `now`: the running thread goes back to the run
+    /// queue and the queue's head runs instead, even within the running
+    /// thread's granularity (OSv's `thread::yield`). With nothing queued the
+    /// running thread keeps the CPU.
+    pub fn yield_now(&mut self, now: Instant) -> Resched<T> {
+        self.charge(now);
+        if self.current.is_none() || self.queue.is_empty() {
+            return self.reschedule(now, false);
+        }
+        let next = self.queue.pop();
+        if let Some((rt, t)) = self.current.take() {
+            self.queue.insert(rt, t);
+        }
+        self.current = next;
+        self.switched_in = now;
+        self.rearm(now);
+        Resched {
+            next: self.current.map(|c| c.1),
+            switched: true,
+            blocked: None,
+            timer: self.timer_deadline(),
+        }
+    }
+
     /// Arms a timer on this CPU's list.
     pub fn add_timer(&mut self, deadline: Instant, payload: T) -> TimerId {
         self.timers.insert(deadline, payload)
@@ -232,6 +256,28 @@ mod tests {
         let r = cpu.reschedule(Instant(10), true);
         assert_eq!((r.next, r.timer), (None, None), "idle, no timers: disarmed");
         assert_eq!(r.blocked.map(|b| b.1), Some(1));
+    }
+
+    #[test]
+    fn yield_switches_even_within_granularity() {
+        let mut cpu: CpuSched<u32> = CpuSched::new(CpuId::new(0), FairParams::default(), Instant(0));
+        let r = cpu.yield_now(Instant(0));
+        assert_eq!((r.next, r.timer), (None, None), "idle: nothing to yield to");
+        let _ = cpu.spawn(Instant(0), Runtime::new(Weight::NORMAL), 1);
+        let r = cpu.reschedule(Instant(0), false);
+        assert_eq!(r.next, Some(1));
+        let r = cpu.yield_now(Instant(10));
+        assert_eq!((r.next, r.switched), (Some(1), false), "alone: keeps the CPU");
+        let _ = cpu.spawn(Instant(10), Runtime::new(Weight::NORMAL), 2);
+        // Thread 2 is queued; a reschedule within g keeps 1, a yield does not.
+        let r = cpu.reschedule(Instant(20), false);
+        assert_eq!(r.next, Some(1));
+        let r = cpu.yield_now(Instant(30));
+        assert_eq!((r.next, r.switched), (Some(2), true));
+        assert_eq!(cpu.queued(), 1, "the yielder is queued");
+        let r = cpu.yield_now(Instant(40));
+        assert_eq!(r.next, Some(1));
+        assert_eq!(cpu.queued(), 1);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! | lock-free cross-CPU wakeup rings, IPI decision | [`wakeup`] | — |
 //! | wait/wake state machine, no lost wakeups | [`wait`] | — |
 //! | mutex, condition variable, semaphore over [`park::Park`] | [`mutex`], [`condvar`], [`semaphore`] | — |
+//! | read-copy-update: lock-free reads, grace periods, deferred reclamation | [`rcu`] | reclamation: `alloc` |
 //! | one CPU's scheduler core: reschedule, wake, timers | `cpu` | `alloc` |
 //! | deterministic simulator of N CPUs | `sim` | `alloc` |
 //! | what the kernel implements | [`hal`] | — |
@@ -104,7 +105,7 @@
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]
 
-#[cfg(any(test, feature = "alloc"))]
+#[cfg(any(test, loom, feature = "alloc"))]
 extern crate alloc;
 #[cfg(all(feature = "std", not(test)))]
 extern crate std;
@@ -119,6 +120,7 @@ pub mod fair;
 pub mod hal;
 pub mod mutex;
 pub mod park;
+pub mod rcu;
 pub mod semaphore;
 #[cfg(any(test, feature = "alloc"))]
 pub mod sim;

@@ -252,3 +252,49 @@ fn measure_convergence() {
         std::println!("window [{from} s, {to} s]: worst |share - w/W| = {worst:.5}");
     }
 }
+
+/// Operations on the RCU counters.
+#[derive(Clone, Debug)]
+enum RcuOp {
+    Quiescent(u32),
+    /// Toggle idle.
+    Idle(u32),
+    Start,
+}
+
+fn rcu_op() -> impl Strategy<Value = RcuOp> {
+    prop_oneof![(0..3u32).prop_map(RcuOp::Quiescent), (0..3u32).prop_map(RcuOp::Idle), Just(RcuOp::Start),]
+}
+
+proptest! {
+    /// A grace period is complete exactly when every CPU that was running at
+    /// its start has since passed a quiescent state or gone idle (the
+    /// model: the set of CPUs each period still waits for).
+    #[test]
+    fn rcu_grace_periods_match_model(ops in proptest::collection::vec(rcu_op(), 0..80)) {
+        use crate::rcu::Rcu;
+        use crate::CpuId;
+        let rcu: Rcu<3> = Rcu::new();
+        let mut idle = [false; 3];
+        let mut gps: Vec<(crate::rcu::GracePeriod<3>, [bool; 3])> = Vec::new();
+        for op in ops {
+            match op {
+                RcuOp::Quiescent(c) if !idle[c as usize] => {
+                    rcu.quiescent(CpuId::new(c));
+                    for (_, owed) in &mut gps { owed[c as usize] = false; }
+                }
+                RcuOp::Quiescent(_) => {}
+                RcuOp::Idle(c) => {
+                    let i = c as usize;
+                    if idle[i] { rcu.exit_idle(CpuId::new(c)) } else { rcu.enter_idle(CpuId::new(c)) }
+                    idle[i] = !idle[i];
+                    for (_, owed) in &mut gps { owed[i] = false; }
+                }
+                RcuOp::Start => gps.push((rcu.start(), [!idle[0], !idle[1], !idle[2]])),
+            }
+            for (gp, owed) in &gps {
+                prop_assert_eq!(rcu.is_complete(gp), owed.iter().all(|o| !o));
+            }
+        }
+    }
+}

@@ -10,7 +10,8 @@
 //!   ├─ namespace         mount table, path walk (namei), root switch (pivot_root)
 //!   ├─ dentry cache      (mount, dir ino, name) -> vnode, reference counted, evictable
 //!   └─ operation tables  VnodeOps / FsOps (ops.rs): what a filesystem implements
-//!        ├─ ramfs        files (sparse), directories, symlinks, hard links
+//!        ├─ ramfs        files (sparse, byte-range locked), directories,
+//!        │                 symlinks, hard links
 //!        ├─ devfs        null, zero, console, random, urandom, vblkN
 //!        │                 (kernel traits: ConsoleSink, EntropySource, BlockDev)
 //!        └─ procfs       meminfo, uptime, cpuinfo, self/mounts
@@ -43,10 +44,31 @@
 //! # Locking, and the lock order
 //!
 //! OSv holds the vnode lock for a whole read or write. Here:
-//! - **file data**: an `RwLock` per ramfs file. `read`/`pread` take it shared,
-//!   so reads of one file run concurrently; `write`/`truncate` take it
-//!   exclusively (writes to one file are serialised, writes to different files
-//!   are not). `O_APPEND` picks its offset under that exclusive lock.
+//! - **file data**: a byte-range lock per ramfs file ([`RangeLock`], usable
+//!   by any filesystem). Each call locks the bytes it touches: `read`/`pread`
+//!   shared, `write`/`pwrite` exclusively, so reads run concurrently with each
+//!   other, and writes to disjoint ranges of one file run concurrently with
+//!   each other and with reads elsewhere in the file. Calls on overlapping
+//!   ranges are granted in arrival order (no starvation either way).
+//!   Calls that move the end of the file lock from a point to infinity: a
+//!   truncate to `len` locks `[len, ∞)` (everything it cuts off or exposes);
+//!   an `O_APPEND` write reads the size, locks `[size, ∞)` and re-checks that
+//!   the size did not move meanwhile (it cannot move while that range is
+//!   held, since moving it needs a range reaching past it). A write that
+//!   extends the file raises the size (an atomic maximum) after copying its
+//!   data. Inside the locked range the bytes live in 4 KiB pages, each with
+//!   its own small lock held only while bytes are copied (two calls on
+//!   disjoint parts of one page share it), under a page-map `RwLock` that
+//!   writers take exclusively only to add a page and truncate to drop pages.
+//!
+//!   **The guarantee** (as POSIX.1-2017 XSH 2.9.7 asks of regular files): a
+//!   `read`/`pread`/`readv` sees each overlapping `write`/`pwrite`/`writev`
+//!   (all of its buffers) and each truncate either completely or not at all,
+//!   and overlapping writes land whole, one after the other; an `O_APPEND`
+//!   write lands whole at the end, never interleaved with another.
+//!   `SEEK_DATA`/`SEEK_HOLE` lock `[off, ∞)` shared. `stat` takes no range:
+//!   its size and block count are each current, not necessarily from the
+//!   same instant as a write in flight.
 //! - **directories**: an `RwLock` per directory over its entries. Lookups and
 //!   `readdir` share it; `create`, `mkdir`, `unlink`, `rmdir`, `rename`,
 //!   `link`, `symlink` take only the directories they change.
@@ -70,8 +92,21 @@
 //!    is stable and two operations cannot wait on each other in a cycle. A
 //!    directory operation that must first find the victim does it under a
 //!    shared lock, drops it, takes the ordered set and re-checks.
-//! 5. A file's data lock.
+//! 5. A file's data locks, in this order: (a) its range lock, one range per
+//!    call, held for the whole call (a holder never waits for a second range
+//!    of the same file); (b) the page map `RwLock`; (c) one page's lock.
+//!    Readers hold (b) shared across their copy and take (c) inside it;
+//!    writers take (b) only to find or add a page and release it before
+//!    taking (c); truncate holds (b) exclusively and takes (c) of the page it
+//!    cuts in two. (The range lock's own mutex is a leaf: it is held only
+//!    while the list of ranges is checked or changed, never while waiting.)
 //! 6. Leaf locks: a vnode's metadata mutex, a directory's parent pointer.
+//!
+//! A waiter spins (a CPU hint in a kernel; with `std`, a yield to the host's
+//! scheduler): there is no sleeping primitive in this crate, the same choice
+//! as for its other locks. The range lock's waiters spin on a release counter
+//! and re-check under its mutex only when a range was released, so they do
+//! not compete with the holder for the mutex it needs to release.
 //!
 //! The dentry cache uses a generation number so that a lookup racing an
 //! unlink cannot re-insert the entry the unlink just removed (see
@@ -171,6 +206,8 @@ pub mod procfs;
 #[cfg(feature = "alloc")]
 pub mod ramfs;
 #[cfg(feature = "alloc")]
+pub mod range;
+#[cfg(feature = "alloc")]
 mod sync;
 #[cfg(feature = "alloc")]
 mod vfs;
@@ -188,6 +225,8 @@ pub use ops::{
 pub use procfs::{CpuInfo, MemInfo, ProcFs, ProcSource};
 #[cfg(feature = "alloc")]
 pub use ramfs::RamFs;
+#[cfg(feature = "alloc")]
+pub use range::{RangeGuard, RangeLock};
 #[cfg(feature = "alloc")]
 pub use vfs::{Fd, MountInfo, MountList, OpenFlags, Vfs, Whence, FD_LIMIT, MAX_SYMLINKS, NAME_MAX, PATH_MAX};
 

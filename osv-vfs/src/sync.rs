@@ -14,6 +14,19 @@ pub(crate) use alloc::sync::{Arc, Weak};
 mod imp {
     pub(crate) use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+    /// What a waiter does between two checks: a CPU spin hint in a kernel;
+    /// on a host (`std`, tests), where the thread it waits for may have been
+    /// preempted by the OS, a yield to the OS scheduler.
+    pub(crate) fn spin_loop() {
+        #[cfg(any(test, feature = "std"))]
+        {
+            extern crate std;
+            std::thread::yield_now();
+        }
+        #[cfg(not(any(test, feature = "std")))]
+        core::hint::spin_loop();
+    }
+
     /// A mutual-exclusion lock (spinning).
     pub(crate) struct Mutex<T>(spin::Mutex<T>);
     /// Guard of [`Mutex`].
@@ -51,6 +64,12 @@ mod imp {
 #[cfg(loom)]
 mod imp {
     pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    /// What a waiter does between two checks: under loom, yield, so the model
+    /// checker runs the thread being waited for.
+    pub(crate) fn spin_loop() {
+        loom::thread::yield_now();
+    }
 
     /// A mutual-exclusion lock (loom-visible).
     pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);

@@ -5,7 +5,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::cache::DentryCache;
-use crate::ops::{Dirent, FsOps, HoleSeek, PollEvents, Stat, StatFs, VType, VnodeRef, WritePos};
+use crate::ops::{
+    Dirent, FsOps, HoleSeek, PollEvents, SetAttr, Stat, StatFs, Timespec, VType, VnodeRef, WritePos,
+};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock, Weak};
 use crate::{Errno, Result};
 
@@ -680,6 +682,11 @@ impl Vfs {
         if !f.flags.readable() {
             return Err(Errno::EBADF);
         }
+        if f.loc.is_dir() {
+            // Whatever the filesystem's `read` says (Linux: `EISDIR` for every
+            // directory, `generic_read_dir`).
+            return Err(Errno::EISDIR);
+        }
         let mut pos = f.pos.lock();
         let n = f.loc.vn.read(*pos, iov)?;
         *pos += n as u64;
@@ -697,6 +704,9 @@ impl Vfs {
         let f = self.file(fd)?;
         if !f.flags.readable() {
             return Err(Errno::EBADF);
+        }
+        if f.loc.is_dir() {
+            return Err(Errno::EISDIR);
         }
         f.loc.vn.read(off, iov)
     }
@@ -966,6 +976,28 @@ impl Vfs {
             return Err(Errno::EINVAL);
         }
         f.loc.vn.truncate(len)
+    }
+
+    /// Changes attributes of the object at `path` (`VOP_SETATTR`), following
+    /// symbolic links: the permission bits (`chmod`) and times (`utimensat`).
+    pub fn setattr(&self, path: &str, attr: &SetAttr) -> Result {
+        self.resolve(path, true)?.vn.setattr(attr)
+    }
+
+    /// Changes attributes of an open file (`fchmod`, `futimens`).
+    pub fn fsetattr(&self, fd: Fd, attr: &SetAttr) -> Result {
+        self.file(fd)?.loc.vn.setattr(attr)
+    }
+
+    /// Sets the permission bits (`chmod`; the type bits are ignored).
+    pub fn chmod(&self, path: &str, perm: u32) -> Result {
+        self.setattr(path, &SetAttr { perm: Some(perm & 0o7777), ..SetAttr::default() })
+    }
+
+    /// Sets the access and modification times; `None` leaves one alone
+    /// (`utimensat` with `UTIME_OMIT`).
+    pub fn utimens(&self, path: &str, atime: Option<Timespec>, mtime: Option<Timespec>) -> Result {
+        self.setattr(path, &SetAttr { atime, mtime, ..SetAttr::default() })
     }
 
     /// Makes an open file's data durable.

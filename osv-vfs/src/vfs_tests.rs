@@ -472,3 +472,32 @@ fn concurrent_readers_and_writers() {
 fn std_clock_reads_the_host_clock() {
     assert!(crate::StdClock.now().sec > 1_600_000_000);
 }
+
+#[test]
+fn setattr_chmod_and_times() {
+    let v = vfs();
+    touch(&v, "/f");
+    v.symlink("f", "/l").unwrap();
+    v.chmod("/l", 0o100_600).unwrap(); // follows the link; type bits ignored
+    assert_eq!(v.stat("/f").unwrap().perm, 0o600);
+    assert_eq!(v.lstat("/l").unwrap().perm, 0o777);
+    let t = Timespec { sec: 1_000, nsec: 5 };
+    v.utimens("/f", Some(t), None).unwrap();
+    let st = v.stat("/f").unwrap();
+    assert_eq!((st.atime, st.mtime), (t, Timespec::default()));
+    let fd = v.open("/f", OpenFlags::RDONLY, 0).unwrap();
+    v.fsetattr(fd, &SetAttr { mtime: Some(t), ..SetAttr::default() }).unwrap();
+    assert_eq!(v.fstat(fd).unwrap().mtime, t);
+    assert_eq!(v.chmod("/nope", 0o644), Err(Errno::ENOENT));
+    v.close(fd).unwrap();
+    assert_eq!(v.fsetattr(fd, &SetAttr::default()), Err(Errno::EBADF));
+}
+
+#[test]
+fn reading_a_directory_is_eisdir() {
+    let v = vfs();
+    v.mkdir("/d", 0o755).unwrap();
+    let fd = v.open("/d", OpenFlags::RDONLY | OpenFlags::DIRECTORY, 0).unwrap();
+    assert_eq!(v.read(fd, &mut [0u8; 4]), Err(Errno::EISDIR));
+    assert_eq!(v.pread(fd, &mut [0u8; 4], 0), Err(Errno::EISDIR));
+}

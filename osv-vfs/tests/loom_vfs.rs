@@ -1,11 +1,28 @@
 //! loom models of the VFS's locking protocol. Run with
-//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release -p osv-vfs --test loom_vfs`.
+//! `RUSTFLAGS="--cfg loom" cargo test --release -p osv-vfs --test loom_vfs`
+//! (each model sets its own preemption bound).
 #![cfg(loom)]
 
 use std::sync::Arc;
 
 use loom::thread;
 use osv_vfs::{Errno, OpenFlags, RamFs, Vfs, ZeroClock};
+
+/// Explores every interleaving with at most 2 preemptions (enough for the
+/// two-thread races below; more makes the bigger models run for minutes).
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    model_bounded(2, f);
+}
+
+/// [`model`] with another preemption bound (the three-thread model takes 1).
+fn model_bounded(bound: usize, f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(bound);
+    // Waiters spin (yielding); with three threads a path can take more
+    // than loom's default 1000 scheduling points.
+    b.max_branches = 20_000;
+    b.check(f);
+}
 
 fn vfs_with_file(contents: &[u8]) -> (Arc<Vfs>, u64) {
     let vfs = Vfs::new(RamFs::new(Arc::new(ZeroClock))).unwrap();
@@ -24,7 +41,7 @@ fn vfs_with_file(contents: &[u8]) -> (Arc<Vfs>, u64) {
 /// lookup cannot leave a stale dentry-cache entry behind.
 #[test]
 fn lookup_against_unlink() {
-    loom::model(|| {
+    model(|| {
         let (vfs, ino) = vfs_with_file(b"x");
         let v2 = vfs.clone();
         let unlinker = thread::spawn(move || v2.unlink("/f"));
@@ -47,7 +64,7 @@ fn lookup_against_unlink() {
 /// one of the names, and the cache agrees with the directory afterwards.
 #[test]
 fn lookup_against_rename() {
-    loom::model(|| {
+    model(|| {
         let (vfs, ino) = vfs_with_file(b"y");
         let v2 = vfs.clone();
         let renamer = thread::spawn(move || v2.rename("/f", "/g"));
@@ -64,7 +81,7 @@ fn lookup_against_rename() {
 /// A read racing a truncate sees the data before or after, never a mix.
 #[test]
 fn read_against_truncate() {
-    loom::model(|| {
+    model(|| {
         let (vfs, _) = vfs_with_file(b"abcd");
         let v2 = vfs.clone();
         let truncater = thread::spawn(move || v2.truncate("/f", 1));
@@ -82,7 +99,7 @@ fn read_against_truncate() {
 /// the same vnode, and the cache stays consistent.
 #[test]
 fn eviction_against_lookup() {
-    loom::model(|| {
+    model(|| {
         let (vfs, ino) = vfs_with_file(b"z");
         vfs.stat("/f").unwrap();
         let v2 = vfs.clone();
@@ -94,5 +111,136 @@ fn eviction_against_lookup() {
         evicter.join().unwrap();
         assert_eq!(vfs.stat("/f").unwrap().ino, ino);
         assert!(vfs.dentry_cache_len() <= 1);
+    });
+}
+
+fn empty_vfs() -> Arc<Vfs> {
+    Arc::new(Vfs::new(RamFs::new(Arc::new(ZeroClock))).unwrap())
+}
+
+fn create(vfs: &Vfs, path: &str) -> osv_vfs::Result {
+    vfs.close(vfs.open(path, OpenFlags::WRONLY | OpenFlags::CREAT, 0o644)?)
+}
+
+/// Two renames across the same two directories in opposite directions
+/// (`/a/x -> /b/x` and `/b/y -> /a/y`): each locks both directories, in
+/// inode order, so they cannot deadlock; both succeed and every entry ends
+/// up in exactly one place.
+#[test]
+fn rename_against_rename_across_directories() {
+    model(|| {
+        let vfs = empty_vfs();
+        vfs.mkdir("/a", 0o755).unwrap();
+        vfs.mkdir("/b", 0o755).unwrap();
+        create(&vfs, "/a/x").unwrap();
+        create(&vfs, "/b/y").unwrap();
+        let v2 = vfs.clone();
+        let t = thread::spawn(move || v2.rename("/a/x", "/b/x"));
+        vfs.rename("/b/y", "/a/y").unwrap();
+        t.join().unwrap().unwrap();
+        let names = |d| {
+            let fd = vfs.open(d, OpenFlags::RDONLY | OpenFlags::DIRECTORY, 0).unwrap();
+            let mut n: Vec<String> = vfs.getdents(fd, 16).unwrap().into_iter().map(|e| e.name).collect();
+            vfs.close(fd).unwrap();
+            n.retain(|n| n != "." && n != "..");
+            n
+        };
+        assert_eq!(names("/a"), ["y"]);
+        assert_eq!(names("/b"), ["x"]);
+    });
+}
+
+/// Two renames that would each move one directory under the other
+/// (`/a -> /b/a` and `/b -> /a/b`): both together would make a loop cut off
+/// from the root. The rename mutex serialises them: exactly one succeeds,
+/// the other sees its target inside its source (`EINVAL`) or its source
+/// gone (`ENOENT`), and the tree stays reachable.
+#[test]
+fn rename_against_rename_no_loop() {
+    model(|| {
+        let vfs = empty_vfs();
+        vfs.mkdir("/a", 0o755).unwrap();
+        vfs.mkdir("/b", 0o755).unwrap();
+        let v2 = vfs.clone();
+        let t = thread::spawn(move || v2.rename("/a", "/b/a"));
+        let r1 = vfs.rename("/b", "/a/b");
+        let r2 = t.join().unwrap();
+        match (r1, r2) {
+            (Ok(()), Err(e)) => {
+                assert!(e == Errno::EINVAL || e == Errno::ENOENT, "{e:?}");
+                assert!(vfs.stat("/a/b").is_ok());
+            }
+            (Err(e), Ok(())) => {
+                assert!(e == Errno::EINVAL || e == Errno::ENOENT, "{e:?}");
+                assert!(vfs.stat("/b/a").is_ok());
+            }
+            other => panic!("both or neither rename went through: {other:?}"),
+        }
+    });
+}
+
+/// `rmdir` of a directory racing a file creation inside it: either the
+/// create fails with `ENOENT` (the directory went first) or the rmdir fails
+/// with `ENOTEMPTY`; never a file left in a removed directory.
+#[test]
+fn rmdir_against_create() {
+    model(|| {
+        let vfs = empty_vfs();
+        vfs.mkdir("/d", 0o755).unwrap();
+        let v2 = vfs.clone();
+        let t = thread::spawn(move || create(&v2, "/d/f"));
+        let rm = vfs.rmdir("/d");
+        let cr = t.join().unwrap();
+        match (rm, cr) {
+            (Ok(()), Err(Errno::ENOENT)) => assert_eq!(vfs.stat("/d"), Err(Errno::ENOENT)),
+            (Err(Errno::ENOTEMPTY), Ok(())) => assert!(vfs.stat("/d/f").is_ok()),
+            other => panic!("rmdir/create: {other:?}"),
+        }
+    });
+}
+
+/// A lookup of a name racing a rename that replaces it (`/f -> /g` over an
+/// existing `/g`): the lookup finds the old `/g` or the moved file, never
+/// nothing (rename replaces atomically), and the cache agrees afterwards.
+#[test]
+fn lookup_against_rename_over() {
+    model(|| {
+        let (vfs, f_ino) = vfs_with_file(b"f");
+        create(&vfs, "/g").unwrap();
+        let g_ino = vfs.stat("/g").unwrap().ino;
+        vfs.drop_caches();
+        let v2 = vfs.clone();
+        let t = thread::spawn(move || v2.rename("/f", "/g"));
+        let ino = vfs.stat("/g").unwrap().ino;
+        assert!(ino == f_ino || ino == g_ino);
+        t.join().unwrap().unwrap();
+        assert_eq!(vfs.stat("/g").unwrap().ino, f_ino);
+        assert_eq!(vfs.stat("/f"), Err(Errno::ENOENT));
+    });
+}
+
+/// Two readers of one file during a truncate: each sees the whole old
+/// content or the cut one, never a mix, and they do not wait on each other
+/// (a deadlock would fail the model). Three threads through the whole VFS:
+/// at most one preemption, to stay within a minute.
+#[test]
+fn two_reads_against_truncate() {
+    model_bounded(1, || {
+        let (vfs, _) = vfs_with_file(b"ab");
+        let fd = vfs.open("/f", OpenFlags::RDWR, 0).unwrap();
+        let (v2, v3) = (vfs.clone(), vfs.clone());
+        let t = thread::spawn(move || v2.ftruncate(fd, 0));
+        let r = thread::spawn(move || {
+            let mut b = [0u8; 2];
+            let n = v3.pread(fd, &mut b, 0).unwrap();
+            (n, b)
+        });
+        let mut b = [0u8; 2];
+        let n = vfs.pread(fd, &mut b, 0).unwrap();
+        assert!((n == 2 && &b == b"ab") || n == 0, "torn read {n} {b:?}");
+        let (n, b) = r.join().unwrap();
+        assert!((n == 2 && &b == b"ab") || n == 0, "torn read {n} {b:?}");
+        t.join().unwrap().unwrap();
+        vfs.close(fd).unwrap();
     });
 }

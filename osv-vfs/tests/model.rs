@@ -1,12 +1,24 @@
 //! Random operation sequences against a simple model filesystem (a
-//! `BTreeMap` of canonical paths to nodes): the VFS over ramfs must agree on
-//! every result and error code, and every vnode must be gone at the end.
+//! `BTreeMap` of canonical paths to nodes): the VFS over ramfs, with devfs
+//! mounted on `/dev` and procfs on `/proc`, must agree on every result and
+//! error code, and every vnode must be gone at the end.
+//!
+//! The model knows the two special filesystems as fixed subtrees: their
+//! nodes cannot be created, removed or renamed (`EACCES`), their mount points
+//! cannot be removed or renamed (`EBUSY`), nothing moves or links across
+//! filesystems (`EXDEV`); `/dev/null` reads empty and swallows writes,
+//! `/dev/zero` reads zeros, `/dev/random` reads the fake entropy source's
+//! bytes; `/proc` files read their texts from a fixed `ProcSource` and cannot
+//! be opened for writing.
 #![cfg(feature = "alloc")]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use osv_vfs::{Errno, Fd, OpenFlags, RamFs, VType, Vfs, Whence, ZeroClock, MAX_SYMLINKS, NAME_MAX, PATH_MAX};
+use osv_vfs::{
+    ConsoleSink, CpuInfo, DevFs, EntropySource, Errno, Fd, MemInfo, MountList, OpenFlags, ProcFs, ProcSource,
+    RamFs, VType, Vfs, Whence, ZeroClock, MAX_SYMLINKS, NAME_MAX, PATH_MAX,
+};
 use proptest::prelude::*;
 
 type R<T> = Result<T, Errno>;
@@ -16,12 +28,89 @@ enum Kind {
     Dir,
     File(u64),
     Symlink(u64),
+    /// A devfs character device.
+    Dev(Dev),
+    /// A procfs text file (its index in [`PROC_FILES`]).
+    Proc(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Dev {
+    Null,
+    Zero,
+    Console,
+    Random,
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Target {
     File(u64),
     Dir,
+    Dev(Dev),
+    Proc(usize),
+}
+
+/// The byte the fake entropy source fills buffers with.
+const ENTROPY: u8 = 0x5a;
+
+/// What the fake kernel reports to procfs.
+struct Kernel;
+
+impl ProcSource for Kernel {
+    fn meminfo(&self) -> MemInfo {
+        MemInfo { total: 64 << 20, free: 32 << 20, available: 16 << 20 }
+    }
+    fn uptime_ns(&self) -> u64 {
+        1_500_000_000
+    }
+    fn cpuinfo(&self) -> CpuInfo {
+        CpuInfo { count: 1, vendor: "V".into(), model_name: "M".into(), khz: 1000 }
+    }
+}
+
+struct Sink;
+impl ConsoleSink for Sink {
+    fn write(&self, _bytes: &[u8]) {}
+}
+struct Entropy;
+impl EntropySource for Entropy {
+    fn fill(&self, buf: &mut [u8]) -> osv_vfs::Result {
+        buf.fill(ENTROPY);
+        Ok(())
+    }
+}
+
+/// procfs's files and the texts they must read as, for [`Kernel`] and this
+/// test's mounts (Linux formats: `show_val_kb`, `uptime_proc_show`,
+/// `show_cpuinfo`, `show_vfsmnt`).
+const PROC_FILES: [(&str, &str); 4] = [
+    (
+        "/proc/meminfo",
+        "MemTotal:          65536 kB\nMemFree:           32768 kB\nMemAvailable:      16384 kB\n",
+    ),
+    ("/proc/uptime", "1.50 0.00\n"),
+    (
+        "/proc/cpuinfo",
+        "processor\t: 0\nvendor_id\t: V\nmodel name\t: M\ncpu MHz\t\t: 1.000\ncpu cores\t: 1\n\n",
+    ),
+    ("/proc/self/mounts", "ramfs / ramfs rw 0 0\ndevfs /dev devfs rw 0 0\nproc /proc proc rw 0 0\n"),
+];
+
+/// Which filesystem a canonical path is in: 0 ramfs, 1 devfs, 2 procfs.
+/// Fixed, since the mount points can be neither renamed nor removed.
+fn fs_of(p: &str) -> u8 {
+    let under = |m: &str| p == m || p.strip_prefix(m).is_some_and(|r| r.starts_with('/'));
+    if under("/dev") {
+        1
+    } else if under("/proc") {
+        2
+    } else {
+        0
+    }
+}
+
+fn is_mount_point(p: &str) -> bool {
+    p == "/dev" || p == "/proc"
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +183,24 @@ impl Model {
     fn new() -> Self {
         let mut m = Model { cwd: "/".into(), next: 1, ..Default::default() };
         m.tree.insert("/".into(), Kind::Dir);
+        m.tree.insert("/dev".into(), Kind::Dir);
+        for (n, d) in [
+            ("null", Dev::Null),
+            ("zero", Dev::Zero),
+            ("console", Dev::Console),
+            ("random", Dev::Random),
+            ("urandom", Dev::Random),
+        ] {
+            m.tree.insert(format!("/dev/{n}"), Kind::Dev(d));
+        }
+        m.tree.insert("/proc".into(), Kind::Dir);
+        m.tree.insert("/proc/self".into(), Kind::Dir);
+        for (i, (p, _)) in PROC_FILES.iter().enumerate() {
+            m.tree.insert(p.to_string(), Kind::Proc(i));
+        }
+        let id = m.new_id();
+        m.links.insert(id, "self/mounts".into());
+        m.tree.insert("/proc/mounts".into(), Kind::Symlink(id));
         m
     }
 
@@ -199,6 +306,7 @@ impl Model {
                 .values()
                 .filter(|v| matches!(v, Kind::File(i) | Kind::Symlink(i) if i == id))
                 .count() as u64,
+            Kind::Dev(_) | Kind::Proc(_) => 1,
         }
     }
 
@@ -219,6 +327,8 @@ impl Model {
             Kind::Dir => (VType::Directory, 0),
             Kind::File(id) => (VType::Regular, self.data[id].len() as u64),
             Kind::Symlink(id) => (VType::Symlink, self.links[id].len() as u64),
+            Kind::Dev(_) => (VType::CharDevice, 0),
+            Kind::Proc(_) => (VType::Regular, 0),
         };
         Ok((t, size, self.nlink(k, &p)))
     }
@@ -231,6 +341,9 @@ impl Model {
     fn mkdir(&mut self, path: &str) -> R<()> {
         let p = self.parent(&self.cwd.clone(), path, &mut 0)?;
         let Last::Name(n) = p.last else { return Err(Errno::EEXIST) };
+        if fs_of(&p.dir) != 0 {
+            return Err(Errno::EACCES);
+        }
         let c = join(&p.dir, &n);
         if self.tree.contains_key(&c) {
             return Err(Errno::EEXIST);
@@ -253,6 +366,12 @@ impl Model {
             Some(Kind::Dir) => {}
             Some(_) => return Err(Errno::ENOTDIR),
         }
+        if is_mount_point(&c) {
+            return Err(Errno::EBUSY);
+        }
+        if fs_of(&p.dir) != 0 {
+            return Err(Errno::EACCES);
+        }
         if self.children(&c).next().is_some() {
             return Err(Errno::ENOTEMPTY);
         }
@@ -272,6 +391,9 @@ impl Model {
         if p.trailing || is_dir {
             return Err(if is_dir { Errno::EISDIR } else { Errno::ENOTDIR });
         }
+        if fs_of(&p.dir) != 0 {
+            return Err(Errno::EACCES);
+        }
         self.tree.remove(&c);
         Ok(())
     }
@@ -280,6 +402,9 @@ impl Model {
         let cwd = self.cwd.clone();
         let po = self.parent(&cwd, old, &mut 0)?;
         let pn = self.parent(&cwd, new, &mut 0)?;
+        if fs_of(&po.dir) != fs_of(&pn.dir) {
+            return Err(Errno::EXDEV);
+        }
         let (Last::Name(on), Last::Name(nn)) = (&po.last, &pn.last) else { return Err(Errno::EBUSY) };
         let op = join(&po.dir, on);
         let np = join(&pn.dir, nn);
@@ -287,6 +412,12 @@ impl Model {
         let odir = ok == Kind::Dir;
         if !odir && (po.trailing || pn.trailing) {
             return Err(Errno::ENOTDIR);
+        }
+        if is_mount_point(&op) || (is_mount_point(&np) && self.tree.contains_key(&np)) {
+            return Err(Errno::EBUSY);
+        }
+        if fs_of(&po.dir) != 0 {
+            return Err(Errno::EACCES);
         }
         let same = po.dir == pn.dir;
         if !same && odir && is_ancestor_or_self(&op, &pn.dir) {
@@ -345,9 +476,15 @@ impl Model {
         if pn.trailing {
             return Err(Errno::ENOENT);
         }
+        if fs_of(&src) != fs_of(&pn.dir) {
+            return Err(Errno::EXDEV);
+        }
         let k = self.kind(&src).clone();
         if k == Kind::Dir {
             return Err(Errno::EPERM);
+        }
+        if fs_of(&pn.dir) != 0 {
+            return Err(Errno::EACCES);
         }
         self.tree.insert(np, k);
         Ok(())
@@ -365,6 +502,9 @@ impl Model {
         }
         if pn.trailing {
             return Err(Errno::ENOENT);
+        }
+        if fs_of(&pn.dir) != 0 {
+            return Err(Errno::EACCES);
         }
         let id = self.new_id();
         self.links.insert(id, target.into());
@@ -403,6 +543,9 @@ impl Model {
                         p = self.parent(&p.dir.clone(), &t, &mut links)?;
                     }
                     None => {
+                        if fs_of(&p.dir) != 0 {
+                            return Err(Errno::EACCES);
+                        }
                         let id = self.new_id();
                         self.data.insert(id, Vec::new());
                         self.tree.insert(child.clone(), Kind::File(id));
@@ -429,6 +572,21 @@ impl Model {
                     return Err(Errno::EISDIR);
                 }
                 Target::Dir
+            }
+            Kind::Dev(d) => {
+                if c(OpenFlags::DIRECTORY) {
+                    return Err(Errno::ENOTDIR);
+                }
+                Target::Dev(d)
+            }
+            Kind::Proc(i) => {
+                if c(OpenFlags::DIRECTORY) {
+                    return Err(Errno::ENOTDIR);
+                }
+                if flags.writable() || c(OpenFlags::TRUNC) {
+                    return Err(Errno::EACCES);
+                }
+                Target::Proc(i)
             }
         };
         self.descs.push(MFile { target, pos: 0, flags });
@@ -464,6 +622,7 @@ impl Model {
             (Whence::Cur, _) => f.pos as i64 + off,
             (_, Target::Dir) => return Err(Errno::EINVAL),
             (_, Target::File(id)) => self.data[&id].len() as i64 + off,
+            (_, Target::Dev(_) | Target::Proc(_)) => off,
         };
         let new = u64::try_from(new).map_err(|_| Errno::EINVAL)?;
         self.descs[d].pos = new;
@@ -477,6 +636,8 @@ impl Model {
             Target::File(id) => {
                 (VType::Regular, self.data[&id].len() as u64, self.nlink(&Kind::File(id), ""))
             }
+            Target::Dev(_) => (VType::CharDevice, 0, 1),
+            Target::Proc(_) => (VType::Regular, 0, 1),
         })
     }
 
@@ -525,7 +686,19 @@ impl Model {
         if !f.flags.writable() {
             return Err(Errno::EBADF);
         }
-        let Target::File(id) = f.target else { return Err(Errno::EISDIR) };
+        let id = match f.target {
+            Target::File(id) => id,
+            // Devices swallow everything; they have no end to append at, so
+            // `O_APPEND` writes at 0 (as Linux).
+            Target::Dev(_) => {
+                let at = if f.flags.contains(OpenFlags::APPEND) { 0 } else { f.pos };
+                if !buf.is_empty() {
+                    self.descs[d].pos = at + buf.len() as u64;
+                }
+                return Ok(buf.len());
+            }
+            _ => return Err(Errno::EISDIR),
+        };
         let at = if f.flags.contains(OpenFlags::APPEND) { None } else { Some(f.pos) };
         let end = self.write_at(id, at, buf);
         if !buf.is_empty() {
@@ -540,7 +713,11 @@ impl Model {
         if !f.flags.writable() {
             return Err(Errno::EBADF);
         }
-        let Target::File(id) = f.target else { return Err(Errno::EISDIR) };
+        let id = match f.target {
+            Target::File(id) => id,
+            Target::Dev(_) => return Ok(buf.len()),
+            _ => return Err(Errno::EISDIR),
+        };
         let at = if f.flags.contains(OpenFlags::APPEND) { None } else { Some(off) };
         self.write_at(id, at, buf);
         Ok(buf.len())
@@ -552,8 +729,20 @@ impl Model {
         if !f.flags.readable() {
             return Err(Errno::EBADF);
         }
-        let Target::File(id) = f.target else { return Err(Errno::EISDIR) };
-        let data = &self.data[&id];
+        let data = match f.target {
+            Target::File(id) => &self.data[&id][..],
+            Target::Dir => return Err(Errno::EISDIR),
+            Target::Dev(dev) => {
+                let out = match dev {
+                    Dev::Null | Dev::Console => Vec::new(),
+                    Dev::Zero => vec![0; len],
+                    Dev::Random => vec![ENTROPY; len],
+                };
+                self.descs[d].pos += out.len() as u64;
+                return Ok(out);
+            }
+            Target::Proc(i) => PROC_FILES[i].1.as_bytes(),
+        };
         let start = (f.pos as usize).min(data.len());
         let end = (start + len).min(data.len());
         let out = data[start..end].to_vec();
@@ -570,7 +759,8 @@ impl Model {
                 Ok(())
             }
             Kind::Dir => Err(Errno::EISDIR),
-            Kind::Symlink(_) => Err(Errno::EINVAL),
+            Kind::Symlink(_) | Kind::Dev(_) => Err(Errno::EINVAL),
+            Kind::Proc(_) => Err(Errno::EACCES),
         }
     }
 
@@ -583,14 +773,15 @@ impl Model {
         Ok(())
     }
 
+    /// The ramfs vnodes: its directories (including the two covered by the
+    /// devfs and procfs mounts) and its files and links.
     fn live_nodes(&self) -> usize {
-        let dirs = self.tree.values().filter(|k| **k == Kind::Dir).count();
-        let mut ids: Vec<u64> = self
-            .tree
-            .values()
+        let ramfs = || self.tree.iter().filter(|(p, _)| fs_of(p) == 0).map(|(_, k)| k);
+        let dirs = ramfs().filter(|k| **k == Kind::Dir).count() + 2;
+        let mut ids: Vec<u64> = ramfs()
             .filter_map(|k| match k {
                 Kind::File(i) | Kind::Symlink(i) => Some(*i),
-                Kind::Dir => None,
+                _ => None,
             })
             .collect();
         ids.sort();
@@ -628,6 +819,8 @@ enum Op {
 fn name() -> impl Strategy<Value = String> {
     prop_oneof![
         14 => prop::sample::select(vec!["a", "b", "c"]).prop_map(String::from),
+        1 => prop::sample::select(vec!["dev", "proc", "self", "null", "zero", "random", "mounts", "uptime"])
+            .prop_map(String::from),
         1 => Just(".".to_string()),
         1 => Just("..".to_string()),
         1 => Just(String::new()),
@@ -636,7 +829,36 @@ fn name() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Paths into devfs and procfs (and just beside them).
+const SPECIAL: [&str; 18] = [
+    "/dev",
+    "/dev/null",
+    "/dev/zero",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/console",
+    "/dev/x",
+    "/dev/null/",
+    "/dev/..",
+    "/proc",
+    "/proc/self",
+    "/proc/self/mounts",
+    "/proc/mounts",
+    "/proc/uptime",
+    "/proc/meminfo",
+    "/proc/cpuinfo",
+    "/proc/x",
+    "/proc/self/..",
+];
+
 fn path() -> impl Strategy<Value = String> {
+    prop_oneof![
+        5 => ram_path(),
+        1 => prop::sample::select(SPECIAL.to_vec()).prop_map(String::from),
+    ]
+}
+
+fn ram_path() -> impl Strategy<Value = String> {
     (any::<bool>(), prop::collection::vec(name(), 1..3), prop::bool::weighted(0.15)).prop_map(
         |(abs, cs, trailing)| {
             let mut s = cs.join("/");
@@ -703,7 +925,12 @@ fn stat_of(r: R<osv_vfs::Stat>) -> R<(VType, u64, u64)> {
 fn run(ops: &[Op]) {
     let fs = RamFs::new(Arc::new(ZeroClock));
     let live = fs.live_counter();
-    let vfs = Vfs::new(fs).unwrap();
+    let vfs = Arc::new(Vfs::new(fs).unwrap());
+    vfs.mkdir("/dev", 0o755).unwrap();
+    vfs.mkdir("/proc", 0o555).unwrap();
+    vfs.mount("/dev", DevFs::new(Arc::new(Sink), Arc::new(Entropy))).unwrap();
+    let mounts: Arc<dyn MountList> = Arc::new(Arc::downgrade(&vfs));
+    vfs.mount("/proc", ProcFs::new(Arc::new(Kernel), mounts)).unwrap();
     let mut m = Model::new();
     for (i, op) in ops.iter().enumerate() {
         let ctx = format!("step {i}: {op:?}");
@@ -798,12 +1025,24 @@ fn run(ops: &[Op]) {
     vfs.chdir("/").unwrap();
     vfs.drop_caches();
     assert_eq!(live.get(), m.live_nodes(), "live vnodes after closing everything");
+    // The special files still read as the model says.
+    for (p, text) in PROC_FILES {
+        let fd = vfs.open(p, OpenFlags::RDONLY, 0).unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = vfs.read(fd, &mut buf).unwrap();
+        assert_eq!(&buf[..n], text.as_bytes(), "{p}");
+        vfs.close(fd).unwrap();
+    }
     drop(vfs);
     assert_eq!(live.get(), 0, "vnodes leaked after dropping the VFS");
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    // 512 cases unless `PROPTEST_CASES` asks for another number.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
+        ..ProptestConfig::default()
+    })]
     #[test]
     fn vfs_agrees_with_model(ops in prop::collection::vec(op(), 1..100)) {
         run(&ops);

@@ -1267,3 +1267,455 @@ pub fn fuzz_used_ring(data: &[u8]) {
     drop(q);
     drop(bufs);
 }
+
+// ---------------------------------------------------------------------------
+// virtio-net (the fake behind `crate::net`'s tests and the `virtio_net_rx`
+// fuzz target). Added as its own section; nothing above depends on it.
+
+/// A virtio-net backend (virtio 1.2 §5.1): identity, features and the
+/// configuration space only. Its queues are driven by [`FakeNet`], since
+/// receive buffers wait on the ring until a frame arrives.
+#[derive(Debug, Clone)]
+pub struct NetBackend {
+    /// `mac` in the configuration.
+    pub mac: [u8; 6],
+    /// Offered net feature bits.
+    pub features: u64,
+    /// `status` in the configuration (`VIRTIO_NET_S_LINK_UP` = 1).
+    pub status: u16,
+}
+
+impl Backend for NetBackend {
+    fn device_id(&self) -> u32 {
+        1
+    }
+    fn features(&self) -> u64 {
+        self.features
+    }
+    fn config(&self) -> Vec<u8> {
+        // struct virtio_net_config (§5.1.4): mac, status, max_virtqueue_pairs, mtu.
+        let mut c = vec![0u8; 12];
+        c[0..6].copy_from_slice(&self.mac);
+        c[6..8].copy_from_slice(&self.status.to_le_bytes());
+        c[8..10].copy_from_slice(&1u16.to_le_bytes());
+        c[10..12].copy_from_slice(&1500u16.to_le_bytes());
+        c
+    }
+    fn handle(&mut self, _queue: u16, _req: &[u8], _resp: &mut [u8]) -> u32 {
+        0
+    }
+}
+
+/// A fake virtio-net device: a [`FakeDevice`] (not auto-processing) with a
+/// receive side that keeps the driver's rx buffers until a frame is
+/// delivered, and a transmit side the test drains.
+#[derive(Debug)]
+pub struct FakeNet {
+    dev: FakeDevice,
+    /// Rx buffers popped from the available ring, not used yet.
+    stash: VecDeque<DeviceChain>,
+    /// The rx queue those buffers came from (its descriptor table address):
+    /// after a reset the stash is stale.
+    stash_queue: u64,
+    /// With MRG_RXBUF: at most this many bytes per buffer (to force merged
+    /// frames); `None`: fill each buffer.
+    split: Option<u32>,
+}
+
+/// The 12-byte `virtio_net_hdr` length (with VERSION_1).
+const FAKE_NET_HDR: usize = 12;
+
+impl FakeNet {
+    /// The MAC address it reports.
+    pub const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+    /// A device offering `features` (net bits; VERSION_1 is added), link
+    /// up, two queues of at most `queue_max` entries.
+    pub fn new(hal: &FakeHal, features: u64, queue_max: u16) -> Self {
+        let backend = NetBackend { mac: Self::MAC, features, status: 1 };
+        let dev = FakeDevice::new(hal, Box::new(backend), 2, queue_max);
+        dev.set_auto(false);
+        Self { dev, stash: VecDeque::new(), stash_queue: 0, split: None }
+    }
+
+    /// The device (registers, status, misbehaviour knobs).
+    pub fn device(&self) -> &FakeDevice {
+        &self.dev
+    }
+
+    /// Spread each frame over buffers of at most `bytes` (MRG_RXBUF).
+    pub fn set_split(&mut self, bytes: Option<u32>) {
+        self.split = bytes;
+    }
+
+    /// Pops the rx buffers the driver made available.
+    fn refill(&mut self) {
+        let stash = &mut self.stash;
+        let known = &mut self.stash_queue;
+        self.dev.with_queue(0, |q| {
+            if q.desc != *known {
+                stash.clear();
+                *known = q.desc;
+            }
+            while let Ok(Some(c)) = q.pop_avail() {
+                stash.push_back(c);
+            }
+        });
+    }
+
+    /// How many rx buffers the device holds now.
+    pub fn rx_buffers(&mut self) -> usize {
+        self.refill();
+        self.stash.len()
+    }
+
+    /// Delivers `frame` with header `hdr` (its `num_buffers` is set to the
+    /// buffers used): one buffer, or several with [`set_split`](Self::set_split).
+    /// `false` (nothing delivered) if the driver has not posted enough
+    /// buffers.
+    pub fn deliver(&mut self, hdr: [u8; FAKE_NET_HDR], frame: &[u8]) -> bool {
+        self.refill();
+        let mut bytes = hdr.to_vec();
+        bytes.extend_from_slice(frame);
+        // Plan the buffers.
+        let mut pieces: Vec<(DeviceChain, usize, usize)> = Vec::new();
+        let mut at = 0;
+        let mut i = 0;
+        while at < bytes.len() {
+            let Some(c) = self.stash.get(i) else { return false };
+            let mut cap = c.writable_len() as usize;
+            if let Some(s) = self.split {
+                cap = cap.min(s.max(FAKE_NET_HDR as u32 + 1) as usize);
+            }
+            if cap == 0 {
+                return false;
+            }
+            let n = cap.min(bytes.len() - at);
+            pieces.push((c.clone(), at, n));
+            at += n;
+            i += 1;
+        }
+        let count = pieces.len() as u16;
+        bytes[10..12].copy_from_slice(&count.to_le_bytes());
+        self.stash.drain(..pieces.len());
+        let ok = self.dev.with_queue(0, |q| {
+            let mut idx = q.used_idx();
+            for (c, at, n) in &pieces {
+                if q.write_chain(c, &bytes[*at..*at + *n]).is_err()
+                    || q.write_used_elem(idx, u32::from(c.head), *n as u32).is_err()
+                {
+                    return false;
+                }
+                idx = idx.wrapping_add(1);
+            }
+            q.set_used_idx(idx).is_ok()
+        });
+        ok == Some(true)
+    }
+
+    /// Delivers `frame` with an all-zero header (no offloads).
+    pub fn inject(&mut self, frame: &[u8]) -> bool {
+        self.deliver([0; FAKE_NET_HDR], frame)
+    }
+
+    /// Adversarial delivery: for each `(bytes, reported_len)`, writes
+    /// `bytes` (truncated to the buffer) into the next rx buffer and
+    /// publishes a used element with `reported_len`; all at once. `false`
+    /// if there are not enough buffers.
+    pub fn inject_raw(&mut self, bufs: &[(&[u8], u32)]) -> bool {
+        self.refill();
+        if self.stash.len() < bufs.len() {
+            return false;
+        }
+        let chains: Vec<DeviceChain> = self.stash.drain(..bufs.len()).collect();
+        let ok = self.dev.with_queue(0, |q| {
+            let mut idx = q.used_idx();
+            for (c, (b, len)) in chains.iter().zip(bufs) {
+                let n = b.len().min(c.writable_len() as usize);
+                if q.write_chain(c, &b[..n]).is_err()
+                    || q.write_used_elem(idx, u32::from(c.head), *len).is_err()
+                {
+                    return false;
+                }
+                idx = idx.wrapping_add(1);
+            }
+            q.set_used_idx(idx).is_ok()
+        });
+        ok == Some(true)
+    }
+
+    /// Pops the frames the driver sent, without completing them: each as
+    /// (head, header bytes, frame).
+    pub fn pop_tx(&mut self) -> Vec<(u16, [u8; FAKE_NET_HDR], Vec<u8>)> {
+        let mut out = Vec::new();
+        self.dev.with_queue(1, |q| {
+            while let Ok(Some(c)) = q.pop_avail() {
+                let Ok(bytes) = q.read_chain(&c) else { continue };
+                let mut h = [0u8; FAKE_NET_HDR];
+                let n = bytes.len().min(FAKE_NET_HDR);
+                h[..n].copy_from_slice(&bytes[..n]);
+                out.push((c.head, h, bytes[n..].to_vec()));
+            }
+        });
+        out
+    }
+
+    /// Returns sent buffers to the driver (used length 0: the device
+    /// writes nothing into a tx buffer).
+    pub fn complete_tx(&mut self, heads: &[u16]) {
+        self.dev.with_queue(1, |q| {
+            for &h in heads {
+                let _ = q.push_used(u32::from(h), 0);
+            }
+        });
+    }
+
+    /// [`pop_tx`](Self::pop_tx) and complete them: the frames sent, with
+    /// their headers.
+    pub fn take_tx(&mut self) -> Vec<([u8; FAKE_NET_HDR], Vec<u8>)> {
+        let sent = self.pop_tx();
+        let heads: Vec<u16> = sent.iter().map(|s| s.0).collect();
+        self.complete_tx(&heads);
+        sent.into_iter().map(|(_, h, f)| (h, f)).collect()
+    }
+}
+
+/// The body of the `virtio_net_rx` fuzz target (also run over its seed
+/// corpus by the unit tests): `data` picks the offered features and queue
+/// size, then a sequence of operations fills the rx path with well-formed
+/// frames, raw buffer contents with arbitrary used lengths, and raw used
+/// elements with arbitrary ids, lengths and index jumps, interleaved with
+/// transmits. The driver must answer every one with a frame or a typed
+/// error; this panics only if it broke an invariant (a frame longer than
+/// the limit, a well-formed frame lost or altered before any garbage, a
+/// receive that panicked).
+pub fn fuzz_net_rx(data: &[u8]) {
+    use crate::net::{feature, NetError, VirtIONet, MAX_FRAME_LEN};
+    use crate::transport::mmio::MmioTransport;
+
+    struct Cursor<'a>(&'a [u8]);
+    impl Cursor<'_> {
+        fn byte(&mut self) -> Option<u8> {
+            let (&b, rest) = self.0.split_first()?;
+            self.0 = rest;
+            Some(b)
+        }
+        fn u16(&mut self) -> Option<u16> {
+            Some(u16::from_le_bytes([self.byte()?, self.byte()?]))
+        }
+        fn u32(&mut self) -> Option<u32> {
+            Some(u32::from(self.u16()?) | u32::from(self.u16()?) << 16)
+        }
+        fn take(&mut self, n: usize) -> &[u8] {
+            let (a, b) = self.0.split_at(n.min(self.0.len()));
+            self.0 = b;
+            a
+        }
+    }
+
+    let mut c = Cursor(data);
+    let (Some(f), Some(qmax)) = (c.byte(), c.byte()) else { return };
+    let mut features = 0u64;
+    for (i, bit) in [feature::MRG_RXBUF, feature::GUEST_CSUM, feature::CSUM, feature::MAC, feature::STATUS]
+        .into_iter()
+        .enumerate()
+    {
+        if f & (1 << i) != 0 {
+            features |= bit.bits();
+        }
+    }
+    let hal = FakeHal::new();
+    let mut fake = FakeNet::new(&hal, features, u16::from(qmax % 16) + 1);
+    let Ok(t) = MmioTransport::new(FakeMmioRegs::new(fake.device())) else { return };
+    let Ok(mut net) = VirtIONet::new(&hal, t) else { return };
+    let mut garbage = false;
+    let mut expected: VecDeque<Vec<u8>> = VecDeque::new();
+    while let Some(op) = c.byte() {
+        match op % 4 {
+            0 => {
+                // Raw buffer contents with an arbitrary used length.
+                let n = usize::from(c.byte().unwrap_or(0));
+                let bytes = c.take(n).to_vec();
+                let len = c.u32().unwrap_or(0);
+                garbage |= fake.inject_raw(&[(&bytes, len)]);
+            }
+            1 => {
+                // A raw used element and index advance.
+                let (id, len, adv) = (c.u32().unwrap_or(0), c.u32().unwrap_or(0), c.byte().unwrap_or(1));
+                fake.device().with_queue(0, |q| {
+                    let idx = q.used_idx();
+                    let _ = q.write_used_elem(idx, id, len);
+                    let _ = q.set_used_idx(idx.wrapping_add(u16::from(adv % 4)));
+                });
+                garbage = true;
+            }
+            2 => {
+                // A well-formed frame, possibly merged.
+                let n = usize::from(c.u16().unwrap_or(60) % 1600);
+                let split = c.byte().unwrap_or(0);
+                let frame: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(op | 1)).collect();
+                let mrg = features & feature::MRG_RXBUF.bits() != 0;
+                fake.set_split((mrg && split > 0).then_some(u32::from(split) * 8));
+                let valid = (1..=MAX_FRAME_LEN).contains(&n);
+                if fake.deliver([0; 12], &frame) {
+                    if valid {
+                        expected.push_back(frame);
+                    } else {
+                        garbage = true; // a legitimate error, not a lost frame
+                    }
+                }
+            }
+            _ => {
+                let n = usize::from(c.u16().unwrap_or(60) % 1600);
+                let frame = vec![0x5au8; n];
+                let _ = net.transmit(&frame);
+                if c.byte().unwrap_or(0) & 1 == 0 {
+                    fake.take_tx();
+                }
+                let _ = net.reclaim_tx();
+            }
+        }
+        for _ in 0..4 {
+            match net.receive(|f| f.to_vec()) {
+                Ok(None) => break,
+                Ok(Some(f)) => {
+                    assert!(!f.is_empty() && f.len() <= MAX_FRAME_LEN, "frame of {} bytes", f.len());
+                    if !garbage {
+                        assert_eq!(
+                            expected.pop_front().as_deref(),
+                            Some(f.as_slice()),
+                            "frame altered or invented"
+                        );
+                    }
+                }
+                Err(NetError::Broken) => return,
+                Err(NetError::Rx(_)) | Err(NetError::Reset(_)) => {
+                    if !garbage {
+                        panic!("error from a well-behaved device");
+                    }
+                    expected.clear();
+                }
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// virtio-console (the fake behind `crate::console`'s tests).
+
+/// A virtio-console backend (virtio 1.2 §5.3): identity, `VIRTIO_CONSOLE_F_SIZE`
+/// and an 80x25 configuration; the queues are driven by [`FakeConsole`].
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleBackend;
+
+impl Backend for ConsoleBackend {
+    fn device_id(&self) -> u32 {
+        3
+    }
+    fn features(&self) -> u64 {
+        1 // VIRTIO_CONSOLE_F_SIZE
+    }
+    fn config(&self) -> Vec<u8> {
+        // struct virtio_console_config (§5.3.4): cols, rows, max_nr_ports, emerg_wr.
+        let mut c = vec![0u8; 12];
+        c[0..2].copy_from_slice(&80u16.to_le_bytes());
+        c[2..4].copy_from_slice(&25u16.to_le_bytes());
+        c[4..8].copy_from_slice(&1u32.to_le_bytes());
+        c
+    }
+    fn handle(&mut self, _queue: u16, _req: &[u8], _resp: &mut [u8]) -> u32 {
+        0
+    }
+}
+
+/// A fake virtio-console: keeps the driver's receive buffers until input is
+/// typed, and collects what the driver transmits.
+#[derive(Debug)]
+pub struct FakeConsole {
+    dev: FakeDevice,
+    stash: VecDeque<DeviceChain>,
+    output: Vec<u8>,
+}
+
+impl FakeConsole {
+    /// A console device with two queues of at most `queue_max` entries.
+    pub fn new(hal: &FakeHal, queue_max: u16) -> Self {
+        let dev = FakeDevice::new(hal, Box::new(ConsoleBackend), 2, queue_max);
+        dev.set_auto(false);
+        Self { dev, stash: VecDeque::new(), output: Vec::new() }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &FakeDevice {
+        &self.dev
+    }
+
+    fn refill(&mut self) {
+        let stash = &mut self.stash;
+        self.dev.with_queue(0, |q| {
+            while let Ok(Some(c)) = q.pop_avail() {
+                stash.push_back(c);
+            }
+        });
+    }
+
+    /// Receive buffers the device holds.
+    pub fn rx_buffers(&mut self) -> usize {
+        self.refill();
+        self.stash.len()
+    }
+
+    /// Delivers `input` over as many receive buffers as needed; `false`
+    /// (nothing delivered) if there are not enough.
+    pub fn type_input(&mut self, input: &[u8]) -> bool {
+        self.refill();
+        let mut plan = Vec::new();
+        let mut at = 0;
+        for c in &self.stash {
+            if at >= input.len() {
+                break;
+            }
+            let n = (c.writable_len() as usize).min(input.len() - at);
+            plan.push((c.clone(), at, n));
+            at += n;
+        }
+        if at < input.len() {
+            return false;
+        }
+        self.stash.drain(..plan.len());
+        self.dev
+            .with_queue(0, |q| {
+                plan.iter().all(|(c, at, n)| {
+                    q.write_chain(c, &input[*at..*at + *n]).is_ok()
+                        && q.push_used(u32::from(c.head), *n as u32).is_ok()
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    /// Takes what the driver transmitted so far into [`output`](Self::output)
+    /// and returns the buffers.
+    pub fn drain_output(&mut self) {
+        let out = &mut self.output;
+        self.dev.with_queue(1, |q| {
+            while let Ok(Some(c)) = q.pop_avail() {
+                if let Ok(b) = q.read_chain(&c) {
+                    out.extend_from_slice(&b);
+                }
+                let _ = q.push_used(u32::from(c.head), 0);
+            }
+        });
+    }
+
+    /// Everything transmitted and drained so far.
+    pub fn output(&self) -> &[u8] {
+        &self.output
+    }
+}
+
+// ---------------------------------------------------------------------------
+// virtio-fs (the fake FUSE server lives beside the driver, in
+// `crate::fs::fake`; re-exported here with the other fakes)
+
+pub use crate::fs::fake::{fuzz_fuse_reply, FuseBackend, FuseMisbehave};

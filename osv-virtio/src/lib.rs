@@ -1,5 +1,5 @@
 //! virtio for unikernels: transports (virtio-mmio, virtio-pci) and device
-//! drivers (blk, rng today; net, console and virtio-fs to come), generic
+//! drivers (blk, rng, net, console, virtio-fs), generic
 //! over a transport and a DMA trait, and tested on the host against a fake,
 //! adversarial device.
 //!
@@ -28,10 +28,20 @@
 //!    chains in flight, tokens, notification suppression, and validation of
 //!    everything the device writes.
 //! 5. Drivers, generic over `T: Transport` and `H: Hal`: [`VirtIOBlk`]
-//!    (§5.2, with the [`BlockDevice`] trait) and [`VirtIORng`] (§5.4).
+//!    (§5.2, with the [`BlockDevice`] trait), [`VirtIORng`] (§5.4),
+//!    [`net::VirtIONet`] (§5.1: a packet source/sink with
+//!    `receive(|frame| ..)`/`transmit(frame)`, and `smoltcp::phy::Device`
+//!    with the `smoltcp` feature) and [`console::VirtIOConsole`] (§5.3,
+//!    single port, a `core::fmt::Write` sink).
+//! 6. virtio-fs ([`fs`], §5.11): the FUSE wire protocol with checked reply
+//!    parsing ([`fs::proto`]), the [`fs::VirtIOFs`] driver (hiprio queue
+//!    for `FUSE_FORGET`, a request queue with several requests in flight),
+//!    and with the `vfs` feature `fs::VirtioFs`, an osv-vfs filesystem
+//!    over it.
 //!
 //! No layer needs a heap: queue bookkeeping is in fixed arrays sized by a
-//! const generic. The `alloc` feature is reserved; `std` adds the [`fake`]
+//! const generic. The `alloc` feature is reserved (`vfs` uses the heap for
+//! its vnodes); `std` adds the [`fake`]
 //! module (fake HAL, fake registers, scriptable device) for host tests and
 //! fuzzing.
 //!
@@ -130,12 +140,15 @@
 extern crate std;
 
 pub mod blk;
+pub mod console;
 #[cfg(test)]
 mod e2e_tests;
 #[cfg(any(test, feature = "std"))]
 pub mod fake;
+pub mod fs;
 pub mod hal;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
 mod sync;

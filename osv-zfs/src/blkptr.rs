@@ -183,14 +183,55 @@ impl BlockPointer {
         self.dvas().iter().filter(|d| d.is_valid()).count()
     }
 
+    /// `BP_USES_CRYPT` (bit 61): the block belongs to an encrypted dataset,
+    /// encrypted or only authenticated (the same bit as
+    /// [`is_encrypted`](Self::is_encrypted)).
+    pub fn uses_crypt(&self) -> bool {
+        self.is_encrypted()
+    }
+
+    /// `BP_IS_ENCRYPTED` (include/sys/spa.h): the contents are ciphertext,
+    /// which is so for level-0 blocks of types with `ot_encrypt`
+    /// ([`type_is_encrypted`]); indirect blocks and objsets of encrypted
+    /// datasets are only authenticated (plaintext with a MAC).
+    pub fn is_ciphertext(&self) -> bool {
+        self.uses_crypt() && !self.is_embedded() && self.level() == 0 && type_is_encrypted(self.object_type())
+    }
+
     /// The DVAs that can hold copies: all three, or two when the block is
     /// encrypted (`BP_GET_NDVAS`: an encrypted pointer keeps its salt and IV
-    /// in `dva[2]`, include/sys/spa.h).
+    /// in `dva[2]`, include/sys/spa.h; an only authenticated one has three).
     pub fn dvas(&self) -> &[Dva] {
-        if self.is_encrypted() {
+        if self.is_ciphertext() {
             &self.dva[..2]
         } else {
             &self.dva[..]
+        }
+    }
+
+    /// `BP_GET_ASIZE`: the allocated size of every copy (0 for embedded).
+    pub fn asize(&self) -> u64 {
+        if self.is_embedded() {
+            return 0;
+        }
+        self.dvas().iter().map(Dva::asize).fold(0, u64::wrapping_add)
+    }
+
+    /// `BP_GET_LSIZE`: the logical size, also of an embedded pointer.
+    pub fn logical_size(&self) -> u64 {
+        if self.is_embedded() {
+            self.embedded_lsize()
+        } else {
+            self.lsize()
+        }
+    }
+
+    /// `BP_GET_PSIZE`: the physical size (0 for an embedded pointer).
+    pub fn physical_size(&self) -> u64 {
+        if self.is_embedded() {
+            0
+        } else {
+            self.psize()
         }
     }
 
@@ -244,6 +285,20 @@ impl BlockPointer {
         }
         Ok(psize)
     }
+}
+
+/// `DMU_OT_IS_ENCRYPTED` (include/sys/dmu.h): new-style types carry the
+/// `DMU_OT_ENCRYPTED` bit (0x20 with `DMU_OT_NEWTYPE`, 0x80); the legacy
+/// ones take `ot_encrypt` from the `dmu_ot` table (module/zfs/dmu.c): the
+/// ZIL, dnodes, V0 ACLs, plain files, directories, the delete queue, zvol
+/// data, other uint8/uint64 arrays, ACLs, SYSACLs, FUID tables, user/group
+/// used and quota, system attributes and their master node, registration
+/// and layouts, and dedup'd blocks.
+pub fn type_is_encrypted(ty: u8) -> bool {
+    if ty & 0x80 != 0 {
+        return ty & 0x20 != 0;
+    }
+    matches!(ty, 9 | 10 | 18 | 19 | 20 | 22 | 23 | 25 | 26 | 33 | 34 | 35 | 39 | 40 | 44..=47 | 49)
 }
 
 /// `BPE_PAYLOAD_SIZE` (include/sys/spa.h): 14 words of 8 bytes.
@@ -395,9 +450,16 @@ mod tests {
         let mut other = bp;
         other.prop |= 3 << 40; // another payload type
         assert_eq!(other.embedded_payload(&mut out), Err(crate::Error::BadEmbedded));
-        // Encrypted pointers have two DVAs.
-        let enc = BlockPointer { prop: 1 << 61, ..Default::default() };
+        // Encrypted level-0 data has two DVAs; an authenticated indirect
+        // block or objset of an encrypted dataset three.
+        let enc = BlockPointer { prop: 1 << 61 | 19 << 48, ..Default::default() };
         assert_eq!(enc.dvas().len(), 2);
+        assert!(enc.is_ciphertext());
+        let ind = BlockPointer { prop: 1 << 61 | 19 << 48 | 1 << 56, ..Default::default() };
+        assert_eq!(ind.dvas().len(), 3);
+        let os = BlockPointer { prop: 1 << 61 | 11 << 48, ..Default::default() };
+        assert!(os.uses_crypt() && !os.is_ciphertext());
+        assert!(type_is_encrypted(0x80 | 0x20 | 0x40) && !type_is_encrypted(0x80 | 0x40));
     }
 
     fn alloc_free_display(bp: &BlockPointer) -> std::string::String {

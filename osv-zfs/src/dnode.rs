@@ -33,6 +33,9 @@ pub const DNODE_SIZE: usize = 512;
 pub const DNODE_CORE_SIZE: usize = 64;
 /// `SPA_MAXBLOCKSIZE` (include/sys/spa.h): 16 MiB, the largest block.
 pub const SPA_MAXBLOCKSIZE: u64 = 16 << 20;
+/// `DNODE_FLAG_USED_BYTES` (include/sys/dnode.h): `dn_used` counts bytes,
+/// not 512-byte sectors.
+pub const DNODE_FLAG_USED_BYTES: u8 = 1 << 0;
 /// `DNODE_FLAG_SPILL_BLKPTR` (include/sys/dnode.h).
 pub const DNODE_FLAG_SPILL_BLKPTR: u8 = 1 << 2;
 /// `DN_MAX_LEVELS` bound used here: no real tree is deeper.

@@ -12,7 +12,8 @@
 //!   Offsets: `ds_dir_obj` 0, `ds_prev_snap_obj` 8, `ds_prev_snap_txg` 16,
 //!   `ds_next_snap_obj` 24, `ds_snapnames_zapobj` 32 (a ZAP: snapshot name →
 //!   dataset object), `ds_num_children` 40, `ds_creation_time` 48,
-//!   `ds_creation_txg` 56, `ds_guid` 112, `ds_flags` 120, `ds_bp` 128 (the
+//!   `ds_creation_txg` 56, `ds_deadlist_obj` 64, `ds_referenced_bytes` 72,
+//!   `ds_guid` 112, `ds_flags` 120, `ds_bp` 128 (the
 //!   block pointer of its objset; `blk_fill` counts its objects).
 
 use crate::blkptr::BlockPointer;
@@ -65,6 +66,8 @@ pub struct DslDataset {
     pub snapnames_zapobj: u64,
     /// `ds_creation_txg`.
     pub creation_txg: u64,
+    /// `ds_referenced_bytes`: the space the dataset refers to.
+    pub referenced_bytes: u64,
     /// `ds_guid`.
     pub guid: u64,
     /// `ds_flags`.
@@ -85,6 +88,7 @@ impl DslDataset {
             next_snap_obj: u64_at(bonus, 24, endian)?,
             snapnames_zapobj: u64_at(bonus, 32, endian)?,
             creation_txg: u64_at(bonus, 56, endian)?,
+            referenced_bytes: u64_at(bonus, 72, endian)?,
             guid: u64_at(bonus, 112, endian)?,
             flags: u64_at(bonus, 120, endian)?,
             bp: BlockPointer::parse(&bonus[128..], endian)?,
@@ -106,9 +110,11 @@ mod tests {
             let d = DslDir::parse(&b, e).unwrap();
             assert_eq!((d.head_dataset_obj, d.parent_obj, d.origin_obj, d.child_dir_zapobj), (5, 2, 9, 7));
             b[56..64].copy_from_slice(&e.u64_to(44));
+            b[72..80].copy_from_slice(&e.u64_to(19_968));
             b[128 + 88..128 + 96].copy_from_slice(&e.u64_to(305)); // blk_fill
             let ds = DslDataset::parse(&b, e).unwrap();
             assert_eq!((ds.creation_txg, ds.bp.fill, ds.prev_snap_obj), (44, 305, 5));
+            assert_eq!(ds.referenced_bytes, 19_968);
             assert_eq!(DslDataset::parse(&b[..200], e), Err(Error::Truncated));
             assert_eq!(DslDir::parse(&b[..39], e), Err(Error::Truncated));
         }

@@ -9,10 +9,12 @@
 //! [`Error::Encrypted`]: its dnode blocks, and so every bonus buffer, are
 //! ciphertext without the key.
 
+use crate::blkptr::{BlockPointer, BLKPTR_SIZE};
 use crate::dnode::ost;
+use crate::nvlist::{NvList, NvValue};
 use crate::pool::{Dnode, ObjectError, Objset, Pool};
 use crate::zpl::{
-    self, attr, old_symlink_inline, AttrReg, DirEntry, FileType, SaHdr, ZnodeAttrs, MASTER_NODE_OBJ,
+    self, attr, old_symlink_inline, AttrReg, DirEntry, FileType, SaHdr, ZnodeAttrs, ZplTime, MASTER_NODE_OBJ,
 };
 use crate::{BlockDevice, Error, Result};
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -72,6 +74,8 @@ pub struct Inode {
     pub attrs: ZnodeAttrs,
     /// A symlink's target.
     pub target: Option<Vec<u8>>,
+    /// The packed nvlist of SA-stored xattrs (`ZPL_DXATTR`), when present.
+    sa_xattrs: Option<Vec<u8>>,
     dnode: Dnode,
 }
 
@@ -79,6 +83,89 @@ impl Inode {
     /// The file type of its mode.
     pub fn file_type(&self) -> FileType {
         self.attrs.file_type()
+    }
+
+    /// The object's data block size (`dn_datablkszsec` in bytes).
+    pub fn block_size(&self) -> u64 {
+        self.dnode.phys().map_or(0, |p| p.data_block_size())
+    }
+
+    /// Bytes the object takes on disk (`DN_USED_BYTES`, include/sys/dnode.h:
+    /// `dn_used` counts bytes with `DNODE_FLAG_USED_BYTES`, else 512-byte
+    /// sectors).
+    pub fn used_bytes(&self) -> u64 {
+        self.dnode.phys().map_or(0, |p| {
+            if p.flags() & crate::dnode::DNODE_FLAG_USED_BYTES != 0 {
+                p.used()
+            } else {
+                p.used().saturating_mul(512)
+            }
+        })
+    }
+
+    /// Whether the object keeps SA-stored xattrs (`ZPL_DXATTR`).
+    pub fn has_sa_xattrs(&self) -> bool {
+        self.sa_xattrs.is_some()
+    }
+}
+
+/// Where an extended attribute lives (module/os/linux/zfs/zpl_xattr.c
+/// reads both: SA first, then the directory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrSource {
+    /// In the `ZPL_DXATTR` system attribute (`xattr=sa`).
+    Sa,
+    /// A file of the hidden xattr directory (`ZPL_XATTR`/`zp_xattr`);
+    /// `object` is that file.
+    Dir {
+        /// The object holding the value.
+        object: u64,
+    },
+}
+
+/// One extended attribute of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Xattr {
+    /// The name, with its namespace prefix as Linux stores it
+    /// (`user.`, `security.`, `trusted.`, ...).
+    pub name: Vec<u8>,
+    /// The value's length in bytes.
+    pub size: u64,
+    /// Where it is stored.
+    pub source: XattrSource,
+}
+
+/// Largest xattr value [`Pool::zpl_xattr_read`] returns (a directory
+/// xattr is a whole file and may be larger; reading it is refused with
+/// [`Error::LimitExceeded`] rather than allocating what the disk says).
+pub const MAX_XATTR_SIZE: u64 = 16 << 20;
+
+/// A small cache for reading one object: the last indirect block of each
+/// level and the last data block, so that reading a file in small chunks
+/// neither walks its indirect tree again nor decompresses a block again
+/// for every chunk (the pool's block cache is a shared second level).
+///
+/// A cache belongs to one object: use a new one (or [`ReadCache::clear`])
+/// for another.
+#[derive(Debug, Clone, Default)]
+pub struct ReadCache {
+    /// Level `i + 1`: the last indirect block read there, by its pointer.
+    ind: Vec<Option<(BlockPointer, Vec<u8>)>>,
+    /// The last data block: its id and logical contents.
+    data: Option<(u64, Vec<u8>)>,
+}
+
+impl ReadCache {
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.ind.clear();
+        self.data = None;
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.ind.iter().flatten().map(|(_, b)| b.len()).sum::<usize>()
+            + self.data.as_ref().map_or(0, |(_, b)| b.len())
     }
 }
 
@@ -191,6 +278,7 @@ impl<D: BlockDevice> Pool<D> {
         let phys = dnode.phys()?;
         let bonus = phys.bonus();
         let endian = dnode.endian();
+        let mut sa_xattrs = None;
         let (attrs, target) = match phys.bonus_type() {
             zpl::ot::ZNODE => {
                 let a = ZnodeAttrs::parse_znode_phys(bonus, endian)?;
@@ -210,36 +298,55 @@ impl<D: BlockDevice> Pool<D> {
             }
             zpl::ot::SA => {
                 let sa = fs.sa.as_ref().ok_or(Error::BadSa)?;
-                let mut found: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
+                // Attribute number -> its bytes and the byte order of the
+                // buffer (bonus or spill) that held it.
+                let mut found: BTreeMap<u16, (Vec<u8>, crate::Endian)> = BTreeMap::new();
                 let mut ends = Vec::new();
-                ends.push((Vec::from(bonus), endian));
+                ends.push(Vec::from(bonus));
                 if let Some(spill) = phys.spill() {
-                    let data = self.read_block(&spill)?;
-                    ends.push((data, spill.byte_order()));
+                    ends.push(self.read_block(&spill)?);
                 }
-                let mut sa_endian = endian;
-                for (buf, _) in &ends {
+                for buf in &ends {
                     let hdr = SaHdr::new_checked(buf)?;
-                    sa_endian = hdr.endian();
+                    let e = hdr.endian();
                     let layout = sa.layouts.get(&hdr.layout()).ok_or(Error::BadSa)?;
                     hdr.attrs(layout, &|a| sa.lengths.get(&a).copied(), &mut |a, bytes| {
-                        found.entry(a).or_insert_with(|| Vec::from(bytes));
+                        found.entry(a).or_insert_with(|| (Vec::from(bytes), e));
                         Ok(())
                     })?;
                 }
+                let raw = |name: &[u8]| sa.num(name).and_then(|n| found.get(&n));
                 let get = |name: &[u8]| -> Result<u64> {
-                    let n = sa.num(name).ok_or(Error::BadSa)?;
-                    zpl::attr_u64(found.get(&n).ok_or(Error::BadSa)?, sa_endian)
+                    let (b, e) = raw(name).ok_or(Error::BadSa)?;
+                    zpl::attr_u64(b, *e)
+                };
+                // Attributes a layout may leave out read as 0 (zdb prints
+                // no line for them either).
+                let opt =
+                    |name: &[u8]| -> Result<u64> { raw(name).map_or(Ok(0), |(b, e)| zpl::attr_u64(b, *e)) };
+                let time = |name: &[u8]| -> Result<ZplTime> {
+                    raw(name).map_or(Ok(ZplTime::default()), |(b, e)| ZplTime::decode(b, *e))
                 };
                 let a = ZnodeAttrs {
                     mode: get(attr::MODE)?,
                     size: get(attr::SIZE)?,
                     parent: get(attr::PARENT)?,
                     links: get(attr::LINKS)?,
+                    uid: opt(attr::UID)?,
+                    gid: opt(attr::GID)?,
+                    atime: time(attr::ATIME)?,
+                    mtime: time(attr::MTIME)?,
+                    ctime: time(attr::CTIME)?,
+                    crtime: time(attr::CRTIME)?,
+                    gen: opt(attr::GEN)?,
+                    xattr: opt(attr::XATTR)?,
+                    rdev: opt(attr::RDEV)?,
+                    flags: opt(attr::FLAGS)?,
                 };
+                sa_xattrs = raw(attr::DXATTR).map(|(b, _)| b.clone());
                 let mut target = None;
                 if a.file_type() == FileType::Symlink {
-                    let t = sa.num(attr::SYMLINK).and_then(|n| found.get(&n)).cloned();
+                    let t = raw(attr::SYMLINK).map(|(b, _)| b.clone());
                     target = match t {
                         Some(t) => Some(t),
                         None => Some(self.read_target(&dnode, a.size)?),
@@ -249,7 +356,7 @@ impl<D: BlockDevice> Pool<D> {
             }
             other => return Err(Error::WrongBonusType(other)),
         };
-        Ok(Inode { object, attrs, target, dnode })
+        Ok(Inode { object, attrs, target, sa_xattrs, dnode })
     }
 
     /// A symlink target kept in the object's data.
@@ -276,13 +383,167 @@ impl<D: BlockDevice> Pool<D> {
     /// Reads file data at `offset` into `buf`, clipped to the file size;
     /// returns the bytes read. Holes read as zeros.
     pub fn zpl_read(&mut self, file: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.zpl_read_cached(file, &mut ReadCache::default(), offset, buf)
+    }
+
+    /// [`zpl_read`](Self::zpl_read) through `cache` (which must belong to
+    /// `file`): consecutive small reads reuse the indirect blocks and the
+    /// data block of the previous one.
+    pub fn zpl_read_cached(
+        &mut self,
+        file: &Inode,
+        cache: &mut ReadCache,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
         if file.file_type() != FileType::File {
             return Err(Error::NotAFile);
         }
         let left = file.attrs.size.saturating_sub(offset);
         let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        self.read_object(&file.dnode, offset, &mut buf[..n])?;
+        let bs = file.dnode.phys()?.data_block_size();
+        if bs == 0 {
+            return Err(Error::BadDnode);
+        }
+        let mut done = 0usize;
+        while done < n {
+            let pos = offset.checked_add(done as u64).ok_or(Error::OutOfRange)?;
+            let blkid = pos / bs;
+            let within = (pos % bs) as usize;
+            let take = usize::try_from(bs - within as u64).unwrap_or(usize::MAX).min(n - done);
+            let out = &mut buf[done..done + take];
+            if !matches!(&cache.data, Some((id, _)) if *id == blkid) {
+                cache.data = match self.cached_block_pointer(&file.dnode, cache, blkid)? {
+                    Some(bp) => Some((blkid, self.read_block(&bp)?)),
+                    None => None,
+                };
+            }
+            match &cache.data {
+                Some((_, data)) => {
+                    out.copy_from_slice(data.get(within..within + take).ok_or(Error::BadDnode)?)
+                }
+                // A hole (at any level, or past `dn_maxblkid`).
+                None => out.fill(0),
+            }
+            done += take;
+        }
         Ok(n)
+    }
+
+    /// The level-0 block pointer of block `blkid` (`None`: a hole), as
+    /// [`Pool::block_pointer`] finds it (`dbuf_findbp`, module/zfs/dbuf.c),
+    /// with the indirect blocks on the way kept in `cache`.
+    fn cached_block_pointer(
+        &mut self,
+        dn: &Dnode,
+        cache: &mut ReadCache,
+        blkid: u64,
+    ) -> Result<Option<BlockPointer>> {
+        let p = dn.phys()?;
+        if blkid > p.max_blkid() {
+            return Ok(None);
+        }
+        let nlevels = u32::from(p.nlevels());
+        if nlevels == 0 {
+            return Err(Error::BadDnode);
+        }
+        // Checked by `DnodePhys::new_checked`: 7 <= indblkshift <= 17 when
+        // there are indirect levels.
+        let epbs = if nlevels > 1 { u32::from(p.indblkshift()).saturating_sub(7) } else { 0 };
+        let top_shift = epbs * (nlevels - 1);
+        let top = if top_shift >= 64 { 0 } else { blkid >> top_shift };
+        if top >= u64::from(p.nblkptr()) {
+            return Ok(None);
+        }
+        if cache.ind.len() < nlevels as usize {
+            cache.ind.resize(nlevels as usize, None);
+        }
+        let mut bp = p.blkptr(top as usize)?;
+        for level in (1..nlevels).rev() {
+            if bp.is_hole() {
+                return Ok(None);
+            }
+            if !bp.is_embedded() && (u32::from(bp.level()) != level || bp.lsize() != 1 << p.indblkshift()) {
+                return Err(Error::BadDnode);
+            }
+            let slot = &mut cache.ind[level as usize - 1];
+            if !matches!(slot, Some((k, _)) if *k == bp) {
+                *slot = Some((bp, self.read_block(&bp)?));
+            }
+            let ind = slot.as_ref().map(|(_, d)| d.as_slice()).unwrap_or(&[]);
+            let shift = epbs * (level - 1);
+            let idx = if shift >= 64 { 0 } else { (blkid >> shift) & ((1 << epbs) - 1) } as usize;
+            let at = idx * BLKPTR_SIZE;
+            bp = BlockPointer::parse(ind.get(at..).ok_or(Error::BadDnode)?, bp.byte_order())?;
+        }
+        Ok(if bp.is_hole() { None } else { Some(bp) })
+    }
+
+    /// The extended attributes of `inode`: the SA-stored ones
+    /// (`ZPL_DXATTR`, in nvlist order) first, then the files of its xattr
+    /// directory (`ZPL_XATTR`/`zp_xattr`, by name), as `zpl_xattr_list`
+    /// (module/os/linux/zfs/zpl_xattr.c) lists them; a directory entry
+    /// whose name the SA already gave is left out (the SA copy is the one
+    /// `zpl_xattr_get` returns). An xattr directory object that no longer
+    /// exists (a znode whose xattr directory was removed, the pool
+    /// `zol-znode-removed-xattr`) means no directory xattrs, as
+    /// `zfs_get_xattrdir` failing with `ENOENT` does in OpenZFS.
+    pub fn zpl_xattrs(&mut self, fs: &Zpl, inode: &Inode) -> Result<Vec<Xattr>> {
+        let mut out = Vec::new();
+        if let Some(packed) = &inode.sa_xattrs {
+            for (name, value) in sa_xattr_pairs(packed)? {
+                out.push(Xattr { name, size: value.len() as u64, source: XattrSource::Sa });
+            }
+        }
+        let Some(dir) = self.xattr_dir(fs, inode)? else { return Ok(out) };
+        let sa_count = out.len();
+        for (name, e) in self.zpl_readdir(&dir)? {
+            if out[..sa_count].iter().any(|x| x.name == name) {
+                continue;
+            }
+            let file = self.zpl_inode(fs, e.object)?;
+            let size = if file.file_type() == FileType::File { file.attrs.size } else { 0 };
+            out.push(Xattr { name, size, source: XattrSource::Dir { object: e.object } });
+        }
+        Ok(out)
+    }
+
+    /// The value of xattr `name` of `inode` (SA first, then the xattr
+    /// directory); [`Error::NotFound`] when it has none of that name.
+    pub fn zpl_xattr_read(&mut self, fs: &Zpl, inode: &Inode, name: &[u8]) -> Result<Vec<u8>> {
+        if let Some(packed) = &inode.sa_xattrs {
+            if let Some((_, v)) = sa_xattr_pairs(packed)?.into_iter().find(|(n, _)| n == name) {
+                return Ok(v);
+            }
+        }
+        let dir = self.xattr_dir(fs, inode)?.ok_or(Error::NotFound)?;
+        let e = self.zpl_readdir(&dir)?.into_iter().find(|(n, _)| n == name).ok_or(Error::NotFound)?.1;
+        let file = self.zpl_inode(fs, e.object)?;
+        if file.file_type() != FileType::File {
+            return Err(Error::NotAFile);
+        }
+        if file.attrs.size > MAX_XATTR_SIZE {
+            return Err(Error::LimitExceeded);
+        }
+        let mut v = vec![0u8; file.attrs.size as usize];
+        let n = self.zpl_read(&file, 0, &mut v)?;
+        v.truncate(n);
+        Ok(v)
+    }
+
+    /// The hidden xattr directory of `inode` (`zfs_get_xattrdir`,
+    /// module/os/linux/zfs/zfs_dir.c), `None` when it has none or the
+    /// object is gone.
+    fn xattr_dir(&mut self, fs: &Zpl, inode: &Inode) -> Result<Option<Inode>> {
+        if inode.attrs.xattr == 0 {
+            return Ok(None);
+        }
+        match self.zpl_inode(fs, inode.attrs.xattr) {
+            Ok(d) if d.file_type() == FileType::Dir => Ok(Some(d)),
+            Ok(_) => Err(Error::NotADirectory),
+            Err(Error::NoSuchObject) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Resolves `path` (`/`-separated, from the root; `.`, `..` and empty
@@ -354,9 +615,10 @@ impl<D: BlockDevice> Pool<D> {
     pub fn zpl_sha256(&mut self, file: &Inode) -> Result<[u8; 32]> {
         let mut h = Sha256::new();
         let mut buf = vec![0u8; CHUNK];
+        let mut cache = ReadCache::default();
         let mut off = 0u64;
         while off < file.attrs.size {
-            let n = self.zpl_read(file, off, &mut buf)?;
+            let n = self.zpl_read_cached(file, &mut cache, off, &mut buf)?;
             if n == 0 {
                 break;
             }
@@ -433,5 +695,72 @@ impl<D: BlockDevice> Pool<D> {
         let mut keyed: Vec<(String, ManifestLine)> = out.into_iter().map(|l| (format!("{l}"), l)).collect();
         keyed.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         Ok(keyed.into_iter().map(|(_, l)| l).collect())
+    }
+}
+
+/// The pairs of a packed `ZPL_DXATTR` nvlist: name -> value, each value a
+/// `DATA_TYPE_BYTE_ARRAY` (`zpl_xattr_set_sa`,
+/// module/os/linux/zfs/zpl_xattr.c: `nvlist_add_byte_array`).
+pub fn sa_xattr_pairs(packed: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let list = NvList::unpack(packed)?;
+    list.pairs
+        .into_iter()
+        .map(|(name, value)| match value {
+            NvValue::ByteArray(v) => Ok((name.into_bytes(), v)),
+            _ => Err(Error::BadSa),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Endian;
+    use proptest::prelude::*;
+
+    /// A `ZPL_DXATTR` value as `zfs_sa_set_xattr` packs it: an XDR nvlist
+    /// of byte arrays (the header records the packing host's byte order;
+    /// XDR itself is big-endian either way).
+    #[test]
+    fn sa_xattrs_decode_in_order() {
+        for host in [Endian::Little, Endian::Big] {
+            let list = NvList::new()
+                .with("user.comment", NvValue::ByteArray(b"hello".to_vec()))
+                .with("security.selinux", NvValue::ByteArray(b"system_u:object_r:etc_t:s0\0".to_vec()))
+                .with("user.empty", NvValue::ByteArray(Vec::new()));
+            let packed = list.pack(host).unwrap();
+            let pairs = sa_xattr_pairs(&packed).unwrap();
+            assert_eq!(
+                pairs,
+                vec![
+                    (b"user.comment".to_vec(), b"hello".to_vec()),
+                    (b"security.selinux".to_vec(), b"system_u:object_r:etc_t:s0\0".to_vec()),
+                    (b"user.empty".to_vec(), Vec::new()),
+                ]
+            );
+        }
+        // A value of another type is not an xattr.
+        let bad = NvList::new().with("user.n", NvValue::Uint64(7)).pack(Endian::Little).unwrap();
+        assert_eq!(sa_xattr_pairs(&bad), Err(Error::BadSa));
+        // Cut short anywhere: an error, never a panic.
+        let good = NvList::new().with("user.a", NvValue::ByteArray(vec![1; 40])).pack(Endian::Big).unwrap();
+        for n in 0..good.len() {
+            assert!(sa_xattr_pairs(&good[..n]).is_err(), "accepted {n} of {} bytes", good.len());
+        }
+    }
+
+    #[test]
+    fn read_cache_forgets() {
+        let mut c = ReadCache { ind: vec![None], data: Some((3, vec![0; 512])) };
+        assert_eq!(c.bytes(), 512);
+        c.clear();
+        assert_eq!((c.bytes(), c.ind.len(), c.data.is_none()), (0, 0, true));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_sa_xattr_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = sa_xattr_pairs(&bytes);
+        }
     }
 }

@@ -27,9 +27,9 @@
 //!   copies), block checksums ([`checksum`]: fletcher2 and fletcher4 in both
 //!   byte orders, SHA-256, the embedded checksums of labels, gang headers
 //!   and ZIL blocks), decompression ([`compress`]: lzjb, lz4, zle, gzip, zstd);
-//! - the vdev tree (`vdev`: single disk/file, mirror, raidz1/2/3 with one or
-//!   two missing or corrupt columns rebuilt from parity P and Q) and
-//!   `pool::BlockReader`;
+//! - the vdev tree (`vdev`: single disk/file, mirror, raidz1/2/3 with up to
+//!   three missing or corrupt columns rebuilt from parity P, Q and R) and
+//!   `pool::BlockReader` (reads, and scrub reads of every copy);
 //! - objsets and dnodes ([`dnode`]: bonus buffers, large dnodes, indirect
 //!   trees with holes), micro and fat [`zap`] objects, the DSL ([`dsl`]:
 //!   directories, datasets, snapshots, clones), read feature flags
@@ -39,11 +39,20 @@
 //!   layouts, bonus and spill buffers) and the old `znode_phys_t` bonus,
 //!   directory entries; `fs`: inodes, directories, file data with holes,
 //!   symlinks, path lookup, a walk of the tree and the manifest, for heads,
-//!   snapshots and clones; encrypted datasets are refused as such);
-//! - the host tool: `osv-zfs labels`, `datasets`, `ls`, `cat`, `manifest`.
+//!   snapshots and clones; encrypted datasets are refused as such;
+//!   extended attributes, in the hidden xattr directory or SA-stored
+//!   (`ZPL_DXATTR`));
+//! - `vfs` (feature `vfs`): a read-only mount of one ZPL dataset as an
+//!   osv-vfs filesystem (`FsOps`/`VnodeOps`: lookup, readdir, read,
+//!   getattr, readlink, statfs; every change `EROFS`);
+//! - `traverse`: every block pointer reachable from the active uberblock,
+//!   with its bookmark, as zdb's traversal (objset trees, datasets after
+//!   their previous snapshot, intent log chains, deferred frees); `verify`:
+//!   every copy of every block checked, our `zdb -bcc`;
+//! - the host tool: `osv-zfs labels`, `datasets`, `ls`, `cat`, `manifest`,
+//!   `verify`.
 //!
-//! **Next:** `osv-zfs verify` (every block of the pool, our `zdb -bcc`),
-//! xattr directories, raidz3 reconstruction of three columns (R), the ZIL.
+//! **Next:** the ZIL's records, the writer.
 //!
 //! # Design
 //!
@@ -58,9 +67,9 @@
 //!   raidz reconstruction); otherwise the read fails.
 //! - Byte order is detected per structure (uberblock magic, checksum trailer
 //!   magic, block pointer bit); nvlists are XDR, always big-endian.
-//! - The crate reads through its own [`BlockDevice`] trait and depends on no
-//!   other osv crate: a kernel implements it over virtio-blk, the host tool
-//!   over files.
+//! - The crate reads through its own [`BlockDevice`] trait: a kernel
+//!   implements it over virtio-blk, the host tool over files. Its one osv
+//!   dependency is optional: `vfs` implements osv-vfs's filesystem traits.
 //! - Every on-disk fact cites the OpenZFS structure or file it comes from.
 //!
 //! # Features
@@ -70,9 +79,10 @@
 //!   [`zap`], [`dsl`], [`zpl`]) and the lzjb/lz4/zle/gzip decoders, no heap.
 //! - `alloc`: the decoded `nvlist::NvList` and `label::VdevLabels`, the
 //!   vdev tree, `pool::BlockReader` and `pool::Pool`, the filesystem reader
-//!   `fs`, zstd (through `ruzstd`).
+//!   `fs`, `traverse`, `verify`, zstd (through `ruzstd`).
 //! - `std`: `FileDevice`.
 //! - `cli`: the `osv-zfs` binary.
+//! - `vfs` (implies `alloc`): `vfs`, the osv-vfs mount (`no_std` + `alloc`).
 //!
 //! # Example
 //!
@@ -139,15 +149,22 @@ pub mod dnode;
 pub mod dsl;
 mod error;
 pub mod feature;
+mod fletcher_simd;
 #[cfg(feature = "alloc")]
 pub mod fs;
 pub mod label;
 pub mod nvlist;
 #[cfg(feature = "alloc")]
 pub mod pool;
+#[cfg(feature = "alloc")]
+pub mod traverse;
 pub mod uberblock;
 #[cfg(feature = "alloc")]
 pub mod vdev;
+#[cfg(feature = "alloc")]
+pub mod verify;
+#[cfg(feature = "vfs")]
+pub mod vfs;
 pub mod zap;
 pub mod zpl;
 

@@ -26,7 +26,7 @@ use crate::feature::{self, FeatureName};
 use crate::label::VdevLabels;
 use crate::nvlist::NvList;
 use crate::uberblock::Uberblock;
-use crate::vdev::{most_telling, Vdev};
+use crate::vdev::{most_telling, ScrubFindings, Vdev};
 use crate::zap::{self, FatHeader, Leaf, ZapValue};
 use crate::{Error, Result};
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -76,20 +76,26 @@ pub struct BlockReader<D> {
 /// Blocks of encrypted datasets other than objsets keep only 128 bits of
 /// checksum in words 0 and 1 (`zio_checksum_handle_crypt`): compared
 /// directly (authenticated blocks) or after folding words 2 and 3 in
-/// (encrypted blocks).
+/// (encrypted blocks). ZIL blocks carry their checksum inside
+/// (`zilog`, `zilog2`), with the block pointer's checksum as the verifier.
 pub fn verify_block(bp: &BlockPointer, data: &[u8]) -> Result<bool> {
     let id = bp.checksum();
-    let actual = match id {
+    let (actual, want) = match id {
         ck::OFF | ck::NOPARITY => return Ok(true),
-        ck::ZILOG => return Ok(checksum::verify_embedded(data, ck::ZILOG, bp.cksum).is_ok()),
-        _ => checksum::compute(id, data, bp.byte_order())?,
+        ck::ZILOG | ck::ZILOG2 => match checksum::embedded_checksum(data, id, bp.cksum) {
+            Ok((_, actual, stored)) => (actual, stored),
+            Err(_) => return Ok(false),
+        },
+        _ => (checksum::compute(id, data, bp.byte_order())?, bp.cksum),
     };
-    if bp.is_encrypted() && bp.object_type() != ot::OBJSET {
+    // zio_checksum_error_impl: truncated (MAC-carrying) checksums of
+    // encrypted datasets, objsets excepted.
+    if bp.uses_crypt() && bp.object_type() != ot::OBJSET {
         let w = actual.0;
-        let want = [bp.cksum.0[0], bp.cksum.0[1]];
+        let want = [want.0[0], want.0[1]];
         return Ok([w[0], w[1]] == want || [w[0] ^ w[2], w[1] ^ w[3]] == want);
     }
-    Ok(actual == bp.cksum)
+    Ok(actual == want)
 }
 
 impl<D: BlockDevice> BlockReader<D> {
@@ -115,6 +121,92 @@ impl<D: BlockDevice> BlockReader<D> {
         let top = usize::try_from(dva.vdev()).ok().and_then(|v| self.tops.get(v)).and_then(Option::as_ref);
         let top = top.ok_or(Error::NoSuchVdev(dva.vdev()))?;
         top.read(&mut self.devs, dva.offset(), size, verify)
+    }
+
+    /// Forgets every cached block (after the devices' contents changed
+    /// underneath, as in fault-injection tests).
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
+        self.next_slot = 0;
+    }
+
+    /// Reads every copy of `bp` as a scrub does (zdb `-cc`,
+    /// `ZIO_FLAG_SCRUB`): each DVA on its own (gang DVAs through their
+    /// header), every mirror side, raidz parity checked. Returns, per DVA,
+    /// whether it verified, what was found damaged below it, and the
+    /// physical bytes of the first copy that verified (or the most telling
+    /// error). Holes and embedded pointers have no copies.
+    pub fn scrub_block(&mut self, bp: &BlockPointer) -> BlockScrub {
+        let mut out =
+            BlockScrub { copies: Vec::new(), found: ScrubFindings::default(), data: Err(Error::NoValidCopy) };
+        if bp.is_hole() || bp.is_embedded() {
+            return out;
+        }
+        let psize = match usize::try_from(bp.psize()) {
+            Ok(p) => p,
+            Err(_) => {
+                out.data = Err(Error::TooLarge);
+                return out;
+            }
+        };
+        if let Err(e) = self.check_checksum_function(bp) {
+            out.data = Err(e);
+            return out;
+        }
+        let mut worst: Option<Error> = None;
+        let mut good: Option<Vec<u8>> = None;
+        for dva in bp.dvas().iter().copied().filter(Dva::is_valid) {
+            let got = if dva.is_gang() {
+                self.read_gang(bp, &dva, psize, 0)
+            } else {
+                let top =
+                    usize::try_from(dva.vdev()).ok().and_then(|v| self.tops.get(v)).and_then(Option::as_ref);
+                match top {
+                    None => Err(Error::NoSuchVdev(dva.vdev())),
+                    Some(top) => top.scrub(
+                        &mut self.devs,
+                        dva.offset(),
+                        psize,
+                        &mut |d| verify_block(bp, d).unwrap_or(false),
+                        &mut out.found,
+                    ),
+                }
+            };
+            match got {
+                Ok(data) => {
+                    out.copies.push((dva, Ok(())));
+                    if good.is_none() {
+                        good = Some(data);
+                    }
+                }
+                Err(e) => {
+                    out.copies.push((dva, Err(e)));
+                    worst = Some(match worst {
+                        Some(w) => most_telling(w, e),
+                        None => e,
+                    });
+                }
+            }
+        }
+        out.data = match (good, worst) {
+            (Some(d), _) => Ok(d),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(Error::NoValidCopy),
+        };
+        out
+    }
+
+    fn check_checksum_function(&self, bp: &BlockPointer) -> Result {
+        match bp.checksum() {
+            ck::OFF
+            | ck::NOPARITY
+            | ck::ZILOG
+            | ck::ZILOG2
+            | ck::FLETCHER_2
+            | ck::FLETCHER_4
+            | ck::SHA256 => Ok(()),
+            other => Err(Error::UnsupportedChecksum(other)),
+        }
     }
 
     /// Reads the block behind `bp` and returns its logical contents
@@ -166,10 +258,7 @@ impl<D: BlockDevice> BlockReader<D> {
     /// Reads the `psize` physical bytes of `bp` from the first DVA that
     /// verifies.
     fn read_physical(&mut self, bp: &BlockPointer, depth: usize) -> Result<Vec<u8>> {
-        match bp.checksum() {
-            ck::OFF | ck::NOPARITY | ck::ZILOG | ck::FLETCHER_2 | ck::FLETCHER_4 | ck::SHA256 => {}
-            other => return Err(Error::UnsupportedChecksum(other)),
-        }
+        self.check_checksum_function(bp)?;
         let psize = usize::try_from(bp.psize()).map_err(|_| Error::TooLarge)?;
         let mut worst = Error::NoValidCopy;
         let mut tried = false;
@@ -223,6 +312,18 @@ impl<D: BlockDevice> BlockReader<D> {
             Err(Error::NoValidCopy)
         }
     }
+}
+
+/// Every copy of one block checked ([`BlockReader::scrub_block`]).
+#[derive(Debug, Clone)]
+pub struct BlockScrub {
+    /// Each valid DVA and whether its data verified.
+    pub copies: Vec<(Dva, Result)>,
+    /// Damage found below the DVAs (bad mirror sides, raidz columns).
+    pub found: ScrubFindings,
+    /// The physical bytes of the first copy that verified, or the most
+    /// telling error of all copies.
+    pub data: Result<Vec<u8>>,
 }
 
 /// An objset: the dataset object it belongs to (0 for the MOS), its type
@@ -920,6 +1021,8 @@ mod tests {
                 }
             });
             if let Ok(mut pool) = Pool::open(vec![MemDevice(disk)]) {
+                let report = crate::verify::verify(&mut pool, crate::traverse::Limits { max_visits: 64 });
+                proptest::prop_assert!(report.total.count <= 64);
                 let _ = pool.datasets();
                 let mos = pool.mos.clone();
                 for obj in 0..40 {
@@ -950,6 +1053,47 @@ mod tests {
         let mut head = [0u8; 8];
         pool.read_object(&dir, 0, &mut head).unwrap();
         assert_eq!(u64::from_le_bytes(head), zap::ZBT_MICRO);
+    }
+
+    #[test]
+    fn synthetic_pool_traverses_and_verifies() {
+        let mut pool = Pool::open(vec![MemDevice(synthetic_pool("org.example:unused", 0))]).unwrap();
+        let mut seen = Vec::new();
+        let t = crate::traverse::traverse(&mut pool, crate::traverse::Limits::default(), &mut |_, v| {
+            seen.push((v.bookmark.object, v.bookmark.level, v.bp.object_type()));
+        });
+        assert!(t.errors.is_empty(), "{:?}", t.errors);
+        // The MOS objset, its dnode block, the object directory and the
+        // features ZAP (the DSL objects have holes).
+        assert_eq!(
+            seen,
+            [(0, -1, ot::OBJSET), (0, 0, ot::DNODE), (1, 0, ot::OBJECT_DIRECTORY), (2, 0, 0xc4)]
+        );
+        let r = crate::verify::verify(&mut pool, crate::traverse::Limits::default());
+        assert!(r.is_clean() && r.repaired.is_empty(), "{r}");
+        assert_eq!(r.total.count, 4);
+        assert_eq!(r.copies_checked, 5, "the dnode block has two copies");
+        // The second copy of the dnode block rotten: repaired, named.
+        let mut disk = synthetic_pool("org.example:unused", 0);
+        disk[VDEV_LABEL_START_SIZE as usize + 0x6000 + 700] ^= 1;
+        let mut pool = Pool::open(vec![MemDevice(disk.clone())]).unwrap();
+        let r = crate::verify::verify(&mut pool, crate::traverse::Limits::default());
+        assert!(r.is_clean());
+        assert_eq!(r.repaired.len(), 1);
+        assert_eq!((r.repaired[0].bookmark.object, r.repaired[0].bookmark.level), (0, 0));
+        // The visit limit stops a traversal, and says so.
+        let r = crate::verify::verify(&mut pool, crate::traverse::Limits { max_visits: 2 });
+        assert_eq!(r.total.count, 2);
+        assert!(matches!(
+            r.bad[..],
+            [crate::verify::BadBlock {
+                problem: crate::verify::Problem::Traverse(crate::traverse::TraverseError {
+                    error: Error::LimitExceeded,
+                    ..
+                }),
+                ..
+            }]
+        ));
     }
 
     #[test]

@@ -96,6 +96,30 @@ pub mod attr {
     pub const LINKS: &[u8] = b"ZPL_LINKS";
     /// `ZPL_SYMLINK`: variable, the symlink target.
     pub const SYMLINK: &[u8] = b"ZPL_SYMLINK";
+    /// `ZPL_ATIME`: two u64, seconds and nanoseconds.
+    pub const ATIME: &[u8] = b"ZPL_ATIME";
+    /// `ZPL_MTIME`: two u64.
+    pub const MTIME: &[u8] = b"ZPL_MTIME";
+    /// `ZPL_CTIME`: two u64.
+    pub const CTIME: &[u8] = b"ZPL_CTIME";
+    /// `ZPL_CRTIME`: two u64, the creation time.
+    pub const CRTIME: &[u8] = b"ZPL_CRTIME";
+    /// `ZPL_GEN`: u64 generation (the txg that created the object).
+    pub const GEN: &[u8] = b"ZPL_GEN";
+    /// `ZPL_UID`: u64 owner.
+    pub const UID: &[u8] = b"ZPL_UID";
+    /// `ZPL_GID`: u64 group.
+    pub const GID: &[u8] = b"ZPL_GID";
+    /// `ZPL_XATTR`: u64, the object of the hidden xattr directory (0: none).
+    pub const XATTR: &[u8] = b"ZPL_XATTR";
+    /// `ZPL_RDEV`: u64 device number of a device node.
+    pub const RDEV: &[u8] = b"ZPL_RDEV";
+    /// `ZPL_FLAGS`: u64 `ZFS_*` flags (`pflags` in zdb).
+    pub const FLAGS: &[u8] = b"ZPL_FLAGS";
+    /// `ZPL_DXATTR`: variable, the SA-stored xattrs as a packed XDR nvlist
+    /// (`zfs_sa_set_xattr`, module/zfs/zfs_sa.c: `nvlist_pack(...,
+    /// NV_ENCODE_XDR)`), each pair a name and a byte array.
+    pub const DXATTR: &[u8] = b"ZPL_DXATTR";
 }
 
 /// `S_IFMT` and the file types of the mode (`sys/stat.h`, as the ZPL
@@ -109,6 +133,14 @@ pub mod mode {
     pub const S_IFREG: u64 = 0o100_000;
     /// `S_IFLNK`.
     pub const S_IFLNK: u64 = 0o120_000;
+    /// `S_IFIFO`.
+    pub const S_IFIFO: u64 = 0o010_000;
+    /// `S_IFCHR`.
+    pub const S_IFCHR: u64 = 0o020_000;
+    /// `S_IFBLK`.
+    pub const S_IFBLK: u64 = 0o060_000;
+    /// `S_IFSOCK`.
+    pub const S_IFSOCK: u64 = 0o140_000;
 }
 
 /// What a ZPL object is, from its mode.
@@ -285,6 +317,26 @@ pub fn attr_u64(bytes: &[u8], endian: Endian) -> Result<u64> {
     u64_at(bytes, 0, endian)
 }
 
+/// A ZPL timestamp: two u64, seconds and nanoseconds (`ZFS_TIME_DECODE`,
+/// include/sys/zfs_znode.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ZplTime {
+    /// Seconds since the Unix epoch.
+    pub sec: u64,
+    /// Nanoseconds.
+    pub nsec: u64,
+}
+
+impl ZplTime {
+    /// Decodes a 16-byte time attribute (or `znode_phys_t` field).
+    pub fn decode(bytes: &[u8], endian: Endian) -> Result<ZplTime> {
+        if bytes.len() != 16 {
+            return Err(Error::BadSa);
+        }
+        Ok(ZplTime { sec: u64_at(bytes, 0, endian)?, nsec: u64_at(bytes, 8, endian)? })
+    }
+}
+
 /// The attributes of one ZPL object this crate uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ZnodeAttrs {
@@ -296,6 +348,27 @@ pub struct ZnodeAttrs {
     pub parent: u64,
     /// `links`: the link count.
     pub links: u64,
+    /// `uid`: the owner.
+    pub uid: u64,
+    /// `gid`: the group.
+    pub gid: u64,
+    /// `atime`: last access.
+    pub atime: ZplTime,
+    /// `mtime`: last data change.
+    pub mtime: ZplTime,
+    /// `ctime`: last status change.
+    pub ctime: ZplTime,
+    /// `crtime`: creation.
+    pub crtime: ZplTime,
+    /// `gen`: the txg that created the object.
+    pub gen: u64,
+    /// `xattr`: the hidden xattr directory object, 0 when there is none.
+    pub xattr: u64,
+    /// `rdev`: a device node's number as the ZPL stores it (major in the
+    /// high 32 bits, minor in the low 32: `NBITSMINOR64`, zfs_znode.h).
+    pub rdev: u64,
+    /// `flags`: `ZFS_*` flags (zdb's `pflags`).
+    pub flags: u64,
 }
 
 impl ZnodeAttrs {
@@ -310,11 +383,22 @@ impl ZnodeAttrs {
         if bonus.len() < ZFS_OLD_ZNODE_PHYS_SIZE {
             return Err(Error::Truncated);
         }
+        let time = |at: usize| ZplTime::decode(bonus.get(at..at + 16).ok_or(Error::Truncated)?, endian);
         Ok(ZnodeAttrs {
+            atime: time(0)?,
+            mtime: time(16)?,
+            ctime: time(32)?,
+            crtime: time(48)?,
+            gen: u64_at(bonus, 64, endian)?,
             mode: u64_at(bonus, 72, endian)?,
             size: u64_at(bonus, 80, endian)?,
             parent: u64_at(bonus, 88, endian)?,
             links: u64_at(bonus, 96, endian)?,
+            xattr: u64_at(bonus, 104, endian)?,
+            rdev: u64_at(bonus, 112, endian)?,
+            flags: u64_at(bonus, 120, endian)?,
+            uid: u64_at(bonus, 128, endian)?,
+            gid: u64_at(bonus, 136, endian)?,
         })
     }
 }
@@ -435,8 +519,16 @@ mod tests {
             b[88..96].copy_from_slice(&e.u64_to(3));
             b[96..104].copy_from_slice(&e.u64_to(1));
             b[264..267].copy_from_slice(b"dir");
+            b[16..24].copy_from_slice(&e.u64_to(1_190_896_210));
+            b[24..32].copy_from_slice(&e.u64_to(5));
+            b[104..112].copy_from_slice(&e.u64_to(7));
+            b[112..120].copy_from_slice(&e.u64_to(0x1_0000_0002));
+            b[128..136].copy_from_slice(&e.u64_to(1000));
+            b[136..144].copy_from_slice(&e.u64_to(100));
             let z = ZnodeAttrs::parse_znode_phys(&b, e).unwrap();
             assert_eq!((z.file_type(), z.size, z.parent, z.links), (FileType::Symlink, 3, 3, 1));
+            assert_eq!((z.xattr, z.rdev, z.uid, z.gid), (7, 0x1_0000_0002, 1000, 100));
+            assert_eq!(z.mtime, ZplTime { sec: 1_190_896_210, nsec: 5 });
             assert_eq!(old_symlink_inline(&b, z.size, 320), Ok(Some(&b"dir"[..])));
             assert_eq!(old_symlink_inline(&b, 57, 320), Ok(None));
             assert_eq!(old_symlink_inline(&b, 4, 320), Err(Error::Truncated));

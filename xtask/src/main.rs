@@ -12,6 +12,7 @@
 mod qemu;
 mod stages;
 mod tools;
+mod zfsdisks;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -45,7 +46,12 @@ pub fn build_kernel(release: bool) -> Result<PathBuf, String> {
     if !st.success() {
         return Err("building the kernel failed".into());
     }
-    let elf = root.join("target").join(if release { "release" } else { "debug" }).join("osv-demo-kernel");
+    // Where cargo put it: CARGO_TARGET_DIR if set (absolute), else target/.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| root.join("target"));
+    let elf = target.join(if release { "release" } else { "debug" }).join("osv-demo-kernel");
     if elf.exists() {
         Ok(elf)
     } else {
@@ -73,6 +79,10 @@ pub fn scratch_disk(name: &str) -> Result<PathBuf, String> {
     let path = workspace_root().join("target").join(name);
     let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     f.set_len(16 << 20).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The in-kernel virtio-blk test writes only to the disk that starts with
+    // this (`SCRATCH_MAGIC` in osv-demo-kernel/src/tests.rs).
+    std::os::unix::fs::FileExt::write_all_at(&f, b"osv scratch disk, write\n", 0)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
 }
 
@@ -169,6 +179,10 @@ fn cmd_run(mut args: Args) -> Result<(), String> {
     b.append = append;
     b.smp = smp;
     b.disk = Some(&disk);
+    if let Some((disks, _)) = zfsdisks::kernel_pool_disks()? {
+        b.ro_disks = disks;
+        b.expect.push("zfs-pool".into());
+    }
     b.timeout = Duration::from_secs(timeout);
     let sym = qemu::Symbolizer::new(&elf);
     let run = qemu::boot(&b, sym.as_ref()).map_err(|e| format!("starting QEMU: {e}"))?;

@@ -53,6 +53,18 @@ pub struct Boot<'a> {
     /// device beside it (virtio-mmio on `microvm`, modern virtio-pci
     /// otherwise); the kernel is told to expect both.
     pub disk: Option<&'a Path>,
+    /// More raw images attached read-only as virtio-blk devices after
+    /// `disk` (the ZFS pool's vdev files, the expectation disk).
+    pub ro_disks: Vec<std::path::PathBuf>,
+    /// More names for the kernel's `expect=` list (devices or data the
+    /// runner attached, so a test that cannot find them fails, not skips).
+    pub expect: Vec<String>,
+    /// Extra QEMU arguments, appended last (e.g. `-icount shift=0`).
+    pub qemu_args: Vec<String>,
+    /// With `disk`: the host TCP port forwarded (on 127.0.0.1 only) to the
+    /// guest's [`GUEST_TCP_PORT`]; [`boot`] picks a free one and runs the
+    /// host side of the kernel's TCP test on it ([`tcp_peer`]).
+    pub net_port: Option<u16>,
 }
 
 impl<'a> Boot<'a> {
@@ -67,6 +79,10 @@ impl<'a> Boot<'a> {
             echo: true,
             plain: false,
             disk: None,
+            ro_disks: Vec::new(),
+            expect: Vec::new(),
+            qemu_args: Vec::new(),
+            net_port: None,
         }
     }
 
@@ -95,14 +111,48 @@ impl<'a> Boot<'a> {
                 c.args(["-device", "virtio-blk-pci,drive=vd0,disable-legacy=on"]);
                 c.args(["-device", "virtio-rng-pci,disable-legacy=on"]);
             }
+            // A virtio-net device on QEMU user networking: restrict=on keeps
+            // the guest off the host's and outside networks (slirp still
+            // answers on its own address, 10.0.2.2); only the hostfwd rule,
+            // bound to 127.0.0.1, reaches in.
+            let mut netdev = String::from("user,id=n0,restrict=on");
+            if let Some(port) = self.net_port {
+                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{port}-:{GUEST_TCP_PORT}"));
+            }
+            c.args(["-netdev", &netdev]);
+            if self.machine == Machine::Microvm {
+                c.args(["-device", "virtio-net-device,netdev=n0"]);
+            } else {
+                // romfile= : no iPXE option ROM (nothing boots from the network).
+                c.args(["-device", "virtio-net-pci,netdev=n0,disable-legacy=on,romfile="]);
+            }
             if !append.is_empty() {
                 append.push(' ');
             }
-            append.push_str("expect=virtio-blk,virtio-rng");
+            if self.net_port.is_some() {
+                append.push_str("net.tcp_peer ");
+            }
+            append.push_str("expect=virtio-blk,virtio-rng,virtio-net");
+            for e in &self.expect {
+                append.push(',');
+                append.push_str(e);
+            }
+        }
+        for (i, disk) in self.ro_disks.iter().enumerate() {
+            let mut drive = std::ffi::OsString::from("file=");
+            drive.push(disk);
+            drive.push(format!(",if=none,id=ro{i},format=raw,readonly=on"));
+            c.arg("-drive").arg(drive);
+            if self.machine == Machine::Microvm {
+                c.args(["-device", &format!("virtio-blk-device,drive=ro{i}")]);
+            } else {
+                c.args(["-device", &format!("virtio-blk-pci,drive=ro{i},disable-legacy=on")]);
+            }
         }
         if !append.is_empty() {
             c.args(["-append", &append]);
         }
+        c.args(&self.qemu_args);
         c
     }
 }
@@ -128,8 +178,86 @@ impl Run {
     }
 }
 
+/// The guest TCP port of the kernel's host exchange (osv-demo-kernel
+/// src/net.rs, `TCP_PORT`).
+pub const GUEST_TCP_PORT: u16 = 5555;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+fn free_tcp_port() -> Option<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok().map(|a| a.port())
+}
+
+/// The host side of the kernel's `net::tcp_exchange_with_the_host` test:
+/// connects to the forwarded port (slirp then connects to the guest; until
+/// the guest listens the connection closes at once, so it retries), sends
+/// `osv-net-probe <nonce>`, checks the answer (`osv-net-reply` and the
+/// nonce reversed) and confirms with `osv-net-ok <nonce>` (or
+/// `osv-net-bad ...`); the guest passes only on the confirmation. Runs until
+/// `stop`; returns what it saw.
+pub fn tcp_peer(port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<String, String> {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let nonce = format!(
+        "{:016x}",
+        (seed.as_nanos() as u64 ^ u64::from(std::process::id()) << 32).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    );
+    let want = format!("osv-net-reply {}", nonce.chars().rev().collect::<String>());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut attempts = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(conn) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else { continue };
+        attempts += 1;
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        if (&conn).write_all(format!("osv-net-probe {nonce}\n").as_bytes()).is_err() {
+            continue;
+        }
+        let mut line = String::new();
+        let mut r = BufReader::new(&conn);
+        // EOF or a timeout: the guest is not listening yet; try again.
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            continue;
+        }
+        let got = line.trim_end();
+        if got == want {
+            let _ = (&conn).write_all(format!("osv-net-ok {nonce}\n").as_bytes());
+            // Until the guest closes (it has read the confirmation) or 2 s.
+            let _ = r.read_line(&mut line);
+            return Ok(format!("guest answered nonce {nonce} correctly (connection attempt {attempts})"));
+        }
+        let _ = (&conn).write_all(b"osv-net-bad unexpected answer\n");
+        return Err(format!("guest answered {got:?}, expected {want:?}"));
+    }
+    Err(format!("no answer from the guest ({attempts} connections)"))
+}
+
 /// Boots and collects the serial output, killing QEMU after the timeout.
 pub fn boot(b: &Boot<'_>, symbols: Option<&Symbolizer>) -> std::io::Result<Run> {
+    let mut b = b.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut peer = None;
+    if b.disk.is_some() && b.net_port.is_none() {
+        b.net_port = free_tcp_port();
+        if let Some(port) = b.net_port {
+            let stop = stop.clone();
+            peer = Some(std::thread::spawn(move || tcp_peer(port, stop)));
+        }
+    }
+    let run = boot_inner(&b, symbols);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(Ok(r)) = peer.map(|p| p.join()) {
+        if b.echo {
+            match r {
+                Ok(s) => println!("xtask: host TCP peer: {s}"),
+                Err(e) => println!("xtask: host TCP peer: {e}"),
+            }
+        }
+    }
+    run
+}
+
+fn boot_inner(b: &Boot<'_>, symbols: Option<&Symbolizer>) -> std::io::Result<Run> {
     let start = Instant::now();
     let mut child = b.command().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let stdout = child.stdout.take().expect("piped stdout");

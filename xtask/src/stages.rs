@@ -61,6 +61,7 @@ pub fn cmd_test(mut args: Args) -> Result<(), String> {
         tools::ensure_qemu()?;
         tools::ensure_zdb()?;
         tools::ensure_cargo_fuzz(&cargo())?;
+        tools::ensure_virtiofsd(&cargo())?;
         Ok(String::new())
     });
     stage("fmt", &mut || run(cargo_cmd(&root).args(["fmt", "--all", "--check"])).map(|_| String::new()));
@@ -88,7 +89,7 @@ pub fn cmd_test(mut args: Args) -> Result<(), String> {
         for lib in LIBRARIES {
             let features = crate_features(&root, lib)?;
             let wanted: Vec<&str> =
-                ["std", "cli"].into_iter().filter(|f| features.iter().any(|x| x == f)).collect();
+                ["std", "cli", "vfs"].into_iter().filter(|f| features.iter().any(|x| x == f)).collect();
             if !wanted.is_empty() {
                 run(cargo_cmd(&root).args(["test", "-p", lib, "--features", &wanted.join(",")]))?;
                 extra.push(format!("{lib} [{}]", wanted.join(",")));
@@ -99,9 +100,15 @@ pub fn cmd_test(mut args: Args) -> Result<(), String> {
     stage("loom", &mut || loom(&root));
     stage("no-std", &mut || no_std_check(&root));
     stage("package", &mut || {
+        // All in one command: a crate whose optional dependency is an
+        // unpublished sibling (osv-vfs for osv-virtio's and osv-zfs's `vfs`)
+        // verifies against the siblings packaged with it.
+        let mut c = cargo_cmd(&root);
+        c.args(["package", "--allow-dirty"]);
         for lib in LIBRARIES {
-            run(cargo_cmd(&root).args(["package", "--allow-dirty", "-p", lib]))?;
+            c.args(["-p", lib]);
         }
+        run(&mut c)?;
         Ok(format!("{} crates packaged and verified", LIBRARIES.len()))
     });
 
@@ -120,6 +127,12 @@ pub fn cmd_test(mut args: Args) -> Result<(), String> {
         });
     }
     stage("kernel-tests-plain-command", &mut || kernel_tests(&elf, Machine::Pc, true, sym.as_ref()));
+    for machine in [Machine::Q35, Machine::Microvm] {
+        stage(&format!("kernel-tests-virtiofs-{}", machine.name()), &mut || {
+            virtiofs_tests(&elf, machine, sym.as_ref())
+        });
+    }
+    stage("kernel-bench-icount", &mut || kernel_bench_icount(&elf, sym.as_ref()));
     stage("runner-self-test", &mut || runner_self_test(&elf, sym.as_ref()));
     stage("fuzz", &mut || fuzz_smoke(&root, fuzz_seconds));
 
@@ -247,16 +260,26 @@ fn kernel_tests(elf: &Path, machine: Machine, plain: bool, sym: Option<&Symboliz
     let disk = crate::scratch_disk(&format!("test-disk-{}.img", machine.name()))?;
     let mut b = Boot::new(elf, machine);
     b.plain = plain;
+    let mut zfs_lines = None;
     if !plain {
         b.disk = Some(&disk);
+        if let Some((disks, lines)) = crate::zfsdisks::kernel_pool_disks()? {
+            b.ro_disks = disks;
+            b.expect.push("zfs-pool".into());
+            zfs_lines = Some(lines);
+        }
     }
     b.timeout = Duration::from_secs(240);
     let run = qemu::boot(&b, sym).map_err(|e| format!("starting QEMU: {e}"))?;
     match judge(run.status, run.timed_out, &run.lines) {
         Verdict::Passed { passed } if !plain => {
             check_disk_sector(&disk)?;
+            let zfs = match zfs_lines {
+                Some(n) => format!("; ZFS pools read in the guest match the host's {n}-line manifest"),
+                None => String::new(),
+            };
             Ok(format!(
-                "{passed} in-kernel tests passed in {:.1} s; the guest's virtio-blk write is in the image",
+                "{passed} in-kernel tests passed in {:.1} s; the guest's virtio-blk write is in the image{zfs}",
                 run.wall.as_secs_f64()
             ))
         }
@@ -267,6 +290,125 @@ fn kernel_tests(elf: &Path, machine: Machine, plain: bool, sym: Option<&Symboliz
             Err(format!("{why}\nlast serial lines:\n{}{}", tail(&run.lines, 20), stderr(&run)))
         }
     }
+}
+
+/// The in-kernel measurements that count guest instructions: QEMU's
+/// `-icount shift=0` makes one instruction one nanosecond of virtual time, so
+/// the kernel's nanosecond figures are instruction counts, independent of
+/// how busy the host is. Each machine type once; the figures go in the note.
+fn kernel_bench_icount(elf: &Path, sym: Option<&Symbolizer>) -> StageResult {
+    let mut notes = Vec::new();
+    for machine in [Machine::Microvm, Machine::Q35] {
+        let disk = crate::scratch_disk(&format!("bench-disk-{}.img", machine.name()))?;
+        let mut b = Boot::new(elf, machine);
+        b.disk = Some(&disk);
+        b.append = "tests=bench:: icount".into();
+        b.qemu_args = vec!["-icount".into(), "shift=0".into()];
+        b.echo = false;
+        b.timeout = Duration::from_secs(240);
+        let run = qemu::boot(&b, sym).map_err(|e| format!("starting QEMU: {e}"))?;
+        match judge(run.status, run.timed_out, &run.lines) {
+            Verdict::Passed { .. } => {
+                for l in run.lines.iter().filter(|l| l.contains("guest instructions per request")) {
+                    println!("  {}: {}", machine.name(), l.trim());
+                    notes.push(format!("{}: {}", machine.name(), l.trim()));
+                }
+            }
+            Verdict::Failed(why) => {
+                return Err(format!("{why}\nlast serial lines:\n{}{}", tail(&run.lines, 20), stderr(&run)))
+            }
+        }
+    }
+    if notes.len() != 8 {
+        return Err(format!("expected 8 measurement lines, got {}: {notes:?}", notes.len()));
+    }
+    Ok(format!("{} figures (printed above)", notes.len()))
+}
+
+/// The virtio-fs tests against a real virtiofsd: a fresh shared directory
+/// with `from-host.txt` in it, virtiofsd serving it on a vhost-user socket,
+/// QEMU with guest RAM in a shared memfd (vhost-user maps it) and a
+/// `vhost-user-fs` device tagged `host`; then the file the guest left
+/// (`from-guest.txt`, see osv-demo-kernel/src/virtiofs.rs) must hold what
+/// the guest wrote, and its scratch files must be gone.
+fn virtiofs_tests(elf: &Path, machine: Machine, sym: Option<&Symbolizer>) -> StageResult {
+    let virtiofsd = tools::find_virtiofsd().ok_or("virtiofsd is not installed (stage tools)")?;
+    let work = workspace_root().join("target").join(format!("virtiofs-{}", machine.name()));
+    let _ = fs::remove_dir_all(&work);
+    let shared = work.join("shared");
+    fs::create_dir_all(&shared).map_err(|e| format!("{}: {e}", shared.display()))?;
+    let from_host = b"written by the host for the osv demo kernel\n";
+    fs::write(shared.join("from-host.txt"), from_host).map_err(|e| e.to_string())?;
+    let sock = work.join("vfs.sock");
+    let mut daemon = Command::new(&virtiofsd)
+        .arg("--socket-path")
+        .arg(&sock)
+        .arg("--shared-dir")
+        .arg(&shared)
+        // Root without namespaces here: no sandbox; no guest page cache.
+        .args(["--sandbox", "none", "--cache", "never", "--log-level", "error"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", virtiofsd.display()))?;
+    let t = Instant::now();
+    while !sock.exists() && t.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(st)) = daemon.try_wait() {
+            return Err(format!("virtiofsd exited at start ({st})"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let result = (|| {
+        if !sock.exists() {
+            return Err("virtiofsd did not create its socket".to_string());
+        }
+        let mut b = Boot::new(elf, machine);
+        let ram = format!("memory-backend-memfd,id=mem,size={}M,share=on", b.memory_mib);
+        let mut args = vec!["-object".to_string(), ram, "-machine".into(), "memory-backend=mem".into()];
+        args.extend(["-chardev".into(), format!("socket,id=vfs,path={}", sock.display())]);
+        if machine == Machine::Microvm {
+            args.extend(["-global".into(), "virtio-mmio.force-legacy=false".into()]);
+            args.extend(["-device".into(), "vhost-user-fs-device,chardev=vfs,tag=host".into()]);
+        } else {
+            args.extend(["-device".into(), "vhost-user-fs-pci,chardev=vfs,tag=host".into()]);
+        }
+        b.qemu_args = args;
+        b.append = "virtiofs=host tests=virtiofs::".into();
+        b.timeout = Duration::from_secs(240);
+        let run = qemu::boot(&b, sym).map_err(|e| format!("starting QEMU: {e}"))?;
+        let passed = match judge(run.status, run.timed_out, &run.lines) {
+            Verdict::Passed { passed } => passed,
+            Verdict::Failed(why) => {
+                return Err(format!("{why}\nlast serial lines:\n{}{}", tail(&run.lines, 20), stderr(&run)))
+            }
+        };
+        let got = fs::read(shared.join("from-guest.txt")).map_err(|e| format!("from-guest.txt: {e}"))?;
+        let sig = b"osv-demo-kernel virtio-fs test file\n";
+        let mut want: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        want[..sig.len()].copy_from_slice(sig);
+        if got != want {
+            return Err(format!("from-guest.txt holds {} bytes, not what the guest wrote", got.len()));
+        }
+        let mut left: Vec<String> = fs::read_dir(&shared)
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        left.sort();
+        if left != ["from-guest.txt", "from-host.txt"] {
+            return Err(format!("the shared directory holds {left:?} after the run"));
+        }
+        Ok(format!(
+            "{passed} in-kernel tests passed in {:.1} s against virtiofsd; the guest's file is on the host",
+            run.wall.as_secs_f64()
+        ))
+    })();
+    // virtiofsd exits when QEMU disconnects; make sure.
+    let t = Instant::now();
+    while daemon.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    result
 }
 
 /// The sector the in-kernel virtio-blk test writes at offset 0
@@ -357,7 +499,25 @@ fn runner_self_test(elf: &Path, sym: Option<&Symbolizer>) -> StageResult {
         return Err(format!("crash=panic: QEMU exit status {:?}, expected failure", run.status));
     }
 
-    // 5. A hung guest is killed and reported.
+    // 5. A kernel thread's stack overflow hits its guard page and is
+    // reported as one, naming the thread and the function that overflowed.
+    let run = boot("crash=stackoverflow", 60)?;
+    expect_lines(
+        &run,
+        "crash=stackoverflow",
+        &[
+            "EXCEPTION: page fault (#PF)",
+            "(write, page not present)",
+            "stack overflow: ",
+            "is in the guard page of stack 'overflow-thread'",
+            "recurse_forever",
+        ],
+    )?;
+    if run.status != Some(osv_boot::QEMU_EXIT_FAILURE) {
+        return Err(format!("crash=stackoverflow: QEMU exit status {:?}, expected failure", run.status));
+    }
+
+    // 6. A hung guest is killed and reported.
     let run = boot("crash=hang", 10)?;
     if !run.timed_out {
         return Err(format!("crash=hang: the guest exited ({:?}) instead of hanging", run.status));
@@ -365,7 +525,7 @@ fn runner_self_test(elf: &Path, sym: Option<&Symbolizer>) -> StageResult {
     if !matches!(judge(run.status, run.timed_out, &run.lines), Verdict::Failed(_)) {
         return Err("a hung guest was judged a pass".into());
     }
-    Ok("failing test, #PF, #GP, panic and hang all detected".into())
+    Ok("failing test, #PF, #GP, panic, stack overflow and hang all detected".into())
 }
 
 /// Runs every fuzz target for a bounded time on a copy of its seed corpus.

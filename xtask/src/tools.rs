@@ -1,5 +1,6 @@
 //! Finding and installing the host tools the runs need: QEMU and OpenZFS's
-//! `zdb` from Debian's backports suite, `cargo-fuzz` from crates.io.
+//! `zdb` from Debian's backports suite, `cargo-fuzz` and `virtiofsd` from
+//! crates.io.
 //!
 //! The backports source is derived from the system's own apt sources (the
 //! same archive URIs, suite `<codename>-backports`, components `main
@@ -153,6 +154,54 @@ pub fn ensure_cargo_fuzz(cargo: &str) -> Result<(), String> {
     }
     eprintln!("xtask: installing cargo-fuzz");
     run(Command::new(cargo).args(["install", "cargo-fuzz", "--locked"]))
+}
+
+/// Installs Debian packages from the release's own suites (main).
+fn apt_install(packages: &[&str]) -> Result<(), String> {
+    let manual = format!("run `apt-get install --no-install-recommends {}`", packages.join(" "));
+    if !is_root() || !have("apt-get", &["--version"]) {
+        return Err(format!("cannot install {} here (not root, or no apt): {manual}", packages.join(" ")));
+    }
+    eprintln!("xtask: installing {}", packages.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages))
+}
+
+/// Where `virtiofsd` is: on the PATH, or in cargo's bin directory
+/// (`$CARGO_HOME/bin`, else `~/.cargo/bin`), where `cargo install` puts it.
+pub fn find_virtiofsd() -> Option<std::path::PathBuf> {
+    let works = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut candidates = vec![std::path::PathBuf::from("virtiofsd")];
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        candidates.push(Path::new(&home).join("bin").join("virtiofsd"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(Path::new(&home).join(".cargo").join("bin").join("virtiofsd"));
+    }
+    candidates.into_iter().find(|p| works(p))
+}
+
+/// Makes sure `virtiofsd` (crates.io; the host side of the virtio-fs
+/// tests) is installed: `cargo install virtiofsd --locked`, which needs
+/// Debian's `libcap-ng-dev` and `libseccomp-dev` to build.
+pub fn ensure_virtiofsd(cargo: &str) -> Result<std::path::PathBuf, String> {
+    if let Some(p) = find_virtiofsd() {
+        return Ok(p);
+    }
+    apt_install(&["libcap-ng-dev", "libseccomp-dev"])?;
+    eprintln!("xtask: installing virtiofsd");
+    run(Command::new(cargo).args(["install", "virtiofsd", "--locked"]))?;
+    find_virtiofsd().ok_or_else(|| "virtiofsd is still missing after `cargo install virtiofsd`".into())
 }
 
 #[cfg(test)]

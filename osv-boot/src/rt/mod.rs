@@ -11,13 +11,16 @@
 
 mod console;
 pub mod context;
+pub mod guard;
 mod mem;
 mod panic;
 pub mod probe;
 mod tables;
+pub mod timer;
 pub mod trap;
 
 pub use console::{_print, force_unlock_console};
+pub use tables::{boot_irq_stack_top, set_irq_stack};
 
 use crate::arch::{self, Pio};
 use crate::lapic::{self, Lapic};

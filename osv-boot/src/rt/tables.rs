@@ -44,6 +44,39 @@ pub fn ist_stack_containing(addr: u64) -> Option<(u64, u64)> {
         .find(|&(lo, hi)| lo <= addr && addr < hi)
 }
 
+/// The IST index (1-based) every interrupt vector (32..=255) runs on.
+const IRQ_IST: usize = 4;
+const _: () = assert!(ist_for(crate::trap::vector::FIRST_IRQ) as usize == IRQ_IST);
+
+/// The top of the boot CPU's shared interrupt stack (IST4), the one
+/// [`set_irq_stack`] replaces.
+pub fn boot_irq_stack_top() -> u64 {
+    let base = TABLES.0.get() as u64 + core::mem::offset_of!(Tables, ist) as u64;
+    base + (IRQ_IST as u64) * IST_STACK_SIZE as u64
+}
+
+/// Points this CPU's interrupt stack (IST4, every vector from 32 up) at
+/// `top`. A scheduler that switches threads from inside an interrupt handler
+/// gives each thread its own interrupt stack and calls this on every switch
+/// (as OSv's `set_interrupt_stack`): the interrupted thread's trap frame
+/// stays on its own stack while other threads take interrupts.
+///
+/// # Safety
+/// 1. Interrupts are off on this CPU until the switch to the thread owning
+///    `top` is complete.
+/// 2. `top` is the 16-byte aligned top of a stack of at least 8 KiB that
+///    stays alive while the CPU may use it.
+pub unsafe fn set_irq_stack(top: u64) {
+    let t = TABLES.0.get();
+    // SAFETY: the TSS lives in 'static memory; the CPU reads the IST only
+    // when it takes an interrupt, which the caller has disabled; the TSS is
+    // packed, so the field is written unaligned through a raw pointer.
+    unsafe {
+        let ist = (&raw mut (*t).tss.ist).cast::<u64>().add(IRQ_IST - 1);
+        ist.write_unaligned(top);
+    }
+}
+
 /// Builds and loads the GDT, TSS and IDT.
 pub(super) fn load() {
     let t = TABLES.0.get();

@@ -102,6 +102,10 @@ fn fatal(frame: &TrapFrame, cr2: u64) -> ! {
     );
     if frame.vector == u64::from(vector::PAGE_FAULT) {
         crate::println!("  cr2={:#x} ({})", cr2, PageFaultCode(frame.error_code));
+        let mut name = [0u8; super::guard::NAME_LEN];
+        if let Some(owner) = super::guard::owner(cr2, &mut name) {
+            crate::println!("  stack overflow: {cr2:#x} is in the guard page of stack '{owner}'");
+        }
     }
     crate::println!("{}", frame);
     crate::println!("stack trace:");
