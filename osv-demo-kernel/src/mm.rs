@@ -12,11 +12,15 @@
 //!
 //! Page-table frames come from the heap (identity-mapped, 4 KiB aligned).
 
+use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::ops::Range;
 use core::ptr::NonNull;
 
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use osv_boot::BootInfo;
+
+use osv_mm::vma::{Access, AddressSpace, Backing, VmError};
 use osv_mm::{Flags, FrameAllocator, Mapper, PageSize, PhysAddr, PhysMapper, TlbFlush, VirtAddr};
 
 use crate::check;
@@ -29,6 +33,8 @@ pub static ALL: &[Test] = &[
     Test { name: "mm::ram_uses_2mib_pages", run: huge_pages },
     Test { name: "mm::mprotect_read_only_then_write_faults", run: mprotect_round_trip },
     Test { name: "mm::guard_page_below_a_stack", run: guard_page },
+    Test { name: "mm::demand_paging_fills_zero_pages_on_first_touch", run: demand_paging },
+    Test { name: "mm::mmap_failure_is_an_error", run: mmap_failure },
 ];
 
 /// 4 KiB frames for page tables, from the heap.
@@ -85,7 +91,17 @@ impl TlbFlush for LocalTlb {
     }
 }
 
-static KERNEL: spin::Once<spin::Mutex<Mapper<HeapFrames, Identity>>> = spin::Once::new();
+/// The kernel's one address space: osv-mm's VMAs over the kernel's tables.
+pub type Space = AddressSpace<HeapFrames, Identity>;
+
+static KERNEL: spin::Once<spin::Mutex<Space>> = spin::Once::new();
+
+/// Where `mmap` places mappings: far above RAM and the MMIO hole (the rest
+/// of the address space below it is the linear map), filled on demand.
+pub const VM_WINDOW: Range<u64> = 0x20_0000_0000..0x40_0000_0000;
+
+/// Page faults resolved by the VMA layer (demand paging).
+pub static DEMAND_FAULTS: AtomicU64 = AtomicU64::new(0);
 
 extern "C" {
     static __kernel_start: u8;
@@ -184,22 +200,56 @@ pub fn init(boot: &BootInfo) {
         );
         osv_boot::arch::write_cr3(root);
     }
-    KERNEL.call_once(|| spin::Mutex::new(m));
+    let space = match AddressSpace::new(m, VirtAddr::new(VM_WINDOW.start)..VirtAddr::new(VM_WINDOW.end)) {
+        Ok(s) => s,
+        Err(e) => panic!("the kernel address space: {e:?}"),
+    };
+    KERNEL.call_once(|| spin::Mutex::new(space));
+    osv_boot::rt::trap::set_page_fault_resolver(resolve_fault);
+}
+
+/// The page-fault hook: faults inside the VMA window go to the VMA layer
+/// (OSv's `vm_fault`); anything else, or a fault the VMA layer refuses
+/// (protection, no VMA, guard page, no memory), stays unresolved for the
+/// probe fix-ups and the fatal report. Runs on the exception's IST stack
+/// with interrupts off; never waits for the address-space lock (a fault
+/// taken while it is held is reported, not deadlocked on).
+fn resolve_fault(addr: u64, code: osv_boot::trap::PageFaultCode) -> bool {
+    if !VM_WINDOW.contains(&addr) {
+        return false;
+    }
+    let Some(space) = KERNEL.get() else { return false };
+    let Some(mut space) = space.try_lock() else { return false };
+    let access = if code.fetch() {
+        Access::Exec
+    } else if code.write() {
+        Access::Write
+    } else {
+        Access::Read
+    };
+    let ok = space.fault(VirtAddr::new(addr), access, &LocalTlb).is_ok();
+    if ok {
+        DEMAND_FAULTS.fetch_add(1, Relaxed);
+    }
+    ok
 }
 
 /// The kernel address space's mapper (after `init`).
-pub fn kernel() -> &'static spin::Mutex<Mapper<HeapFrames, Identity>> {
+pub fn kernel() -> &'static spin::Mutex<Space> {
     KERNEL.get().expect("mm::init runs at boot")
 }
 
 fn flags_at(addr: u64) -> Option<(Flags, PageSize)> {
     osv_boot::arch::without_interrupts(|| {
-        kernel().lock().translate(VirtAddr::new(addr)).map(|(_, f, s)| (f, s))
+        kernel().lock().mapper().translate(VirtAddr::new(addr)).map(|(_, f, s)| (f, s))
     })
 }
 
 fn w_xor_x(_: &'static BootInfo) -> Outcome {
-    check!(osv_boot::arch::read_cr3() == kernel().lock().root().as_u64(), "the osv-mm tables are not active");
+    check!(
+        osv_boot::arch::read_cr3() == kernel().lock().mapper().root().as_u64(),
+        "the osv-mm tables are not active"
+    );
     let mut checked = 0u64;
     for (r, want) in sections() {
         let mut a = r.start;
@@ -284,7 +334,7 @@ fn huge_pages(boot: &'static BootInfo) -> Outcome {
     }
     check!(total > 0 && huge == total, "{huge} of {total} heap 2 MiB ranges use 2 MiB pages");
     let mut tables = 0u64;
-    kernel().lock().for_each_table(|_, _| tables += 1);
+    kernel().lock().mapper().for_each_table(|_, _| tables += 1);
     osv_boot::println!(
         "  {} MiB of RAM mapped; the heap's {total} 2 MiB ranges all use 2 MiB pages; {tables} page-table pages in all",
         boot.memory.total() >> 20
@@ -298,7 +348,7 @@ fn mprotect_round_trip(_: &'static BootInfo) -> Outcome {
     let a = page.0.as_ptr() as u64;
     let r = VirtAddr::new(a)..VirtAddr::new(a + 4096);
     let protect = |f: Flags| -> Outcome {
-        osv_boot::arch::without_interrupts(|| kernel().lock().protect(r.clone(), f))
+        osv_boot::arch::without_interrupts(|| kernel().lock().mapper_mut().protect(r.clone(), f))
             .map_err(|e| alloc::format!("protect {a:#x} {f:?}: {e:?}"))?
             .flush(&LocalTlb);
         Ok(())
@@ -361,7 +411,7 @@ impl GuardedStack {
         let mut s = GuardedStack { base, layout, guard: None };
         let g = s.guard_range();
         osv_boot::arch::without_interrupts(|| {
-            kernel().lock().unmap(VirtAddr::new(g.start)..VirtAddr::new(g.end))
+            kernel().lock().mapper_mut().unmap(VirtAddr::new(g.start)..VirtAddr::new(g.end))
         })
         .map_err(|_| StackError::OutOfMemory)?
         .flush(&LocalTlb);
@@ -393,7 +443,7 @@ impl Drop for GuardedStack {
         let g = self.guard_range();
         // Map the guard page back before the memory returns to the heap.
         let remapped = osv_boot::arch::without_interrupts(|| {
-            kernel().lock().map(
+            kernel().lock().mapper_mut().map(
                 VirtAddr::new(g.start)..VirtAddr::new(g.end),
                 PhysAddr::new(g.start),
                 Flags::RW,
@@ -441,5 +491,79 @@ fn guard_page(_: &'static BootInfo) -> Outcome {
         flags_at(start).is_some_and(|(f, _)| f.contains(Flags::WRITE)),
         "guard page not remapped after drop"
     );
+    Ok(())
+}
+
+fn demand_paging(_: &'static BootInfo) -> Outcome {
+    use osv_boot::rt::probe::{self, Fault};
+    const PAGES: u64 = 16;
+    let len = PAGES * 4096;
+    let a = osv_boot::arch::without_interrupts(|| {
+        kernel().lock().mmap(None, len, Flags::RW, Backing::Anon, &LocalTlb)
+    })
+    .map_err(|e| alloc::format!("mmap: {e:?}"))?
+    .as_u64();
+    check!(VM_WINDOW.contains(&a), "mapped at {a:#x}, outside the window");
+    check!((0..PAGES).all(|i| flags_at(a + i * 4096).is_none()), "pages mapped before first touch");
+    let before = DEMAND_FAULTS.load(Relaxed);
+    // A read of an untouched page: a zero page appears.
+    // SAFETY: the probe catches an unresolved fault; the page is ours.
+    check!(unsafe { probe::read_u64(a + 8) } == Ok(0), "first read is not zero");
+    // Writes through plain pointers to every third page.
+    let touched: Vec<u64> = (0..PAGES).step_by(3).collect();
+    for &i in &touched {
+        let p = (a + i * 4096 + 16) as *mut u64;
+        // SAFETY: inside our mapping; the fault handler maps the page.
+        unsafe { p.write_volatile(0xfeed_0000 + i) };
+    }
+    for &i in &touched {
+        // SAFETY: as above, mapped now.
+        let v = unsafe { ((a + i * 4096 + 16) as *const u64).read_volatile() };
+        check!(v == 0xfeed_0000 + i, "page {i}: {v:#x}");
+    }
+    let faults = DEMAND_FAULTS.load(Relaxed) - before;
+    check!(faults == touched.len() as u64, "{faults} demand faults for {} touched pages", touched.len());
+    check!(flags_at(a + 4096).is_none(), "an untouched page got mapped");
+    // Read-only now: a write is a protection fault the VMA layer refuses.
+    osv_boot::arch::without_interrupts(|| {
+        kernel().lock().mprotect(VirtAddr::new(a), len, Flags::READ, &LocalTlb)
+    })
+    .map_err(|e| alloc::format!("mprotect: {e:?}"))?;
+    // SAFETY: the probe catches the fault.
+    let w = unsafe { probe::write_u64(a + 3 * 4096, 1) };
+    check!(
+        matches!(w, Err(Fault::Page { code, .. }) if code.write() && code.present()),
+        "write after mprotect: {w:?}"
+    );
+    // SAFETY: reads still work.
+    check!(unsafe { probe::read_u64(a + 3 * 4096 + 16) } == Ok(0xfeed_0003));
+    // Unmapped: every access faults, and the frames go back.
+    osv_boot::arch::without_interrupts(|| kernel().lock().munmap(VirtAddr::new(a), len, &LocalTlb))
+        .map_err(|e| alloc::format!("munmap: {e:?}"))?;
+    // SAFETY: the probe catches the fault.
+    let r = unsafe { probe::read_u64(a) };
+    check!(matches!(r, Err(Fault::Page { code, .. }) if !code.present()), "read after munmap: {r:?}");
+    osv_boot::println!("  {faults} demand-zero faults for {} touched of {PAGES} mapped pages", touched.len());
+    Ok(())
+}
+
+fn mmap_failure(_: &'static BootInfo) -> Outcome {
+    // More than the whole window: an error, not a panic.
+    let too_big = VM_WINDOW.end - VM_WINDOW.start + 4096;
+    let r = osv_boot::arch::without_interrupts(|| {
+        kernel().lock().mmap(None, too_big, Flags::RW, Backing::Anon, &LocalTlb)
+    });
+    check!(matches!(r, Err(VmError::NoMemory)), "{r:?}");
+    let r = osv_boot::arch::without_interrupts(|| {
+        kernel().lock().mmap(None, 0, Flags::RW, Backing::Anon, &LocalTlb)
+    });
+    check!(matches!(r, Err(VmError::Invalid)), "zero length: {r:?}");
+    // And the address space still works.
+    let a = osv_boot::arch::without_interrupts(|| {
+        kernel().lock().mmap(None, 4096, Flags::RW, Backing::Anon, &LocalTlb)
+    })
+    .map_err(|e| alloc::format!("mmap after failures: {e:?}"))?;
+    osv_boot::arch::without_interrupts(|| kernel().lock().munmap(a, 4096, &LocalTlb))
+        .map_err(|e| alloc::format!("munmap: {e:?}"))?;
     Ok(())
 }

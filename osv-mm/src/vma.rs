@@ -149,8 +149,9 @@ pub enum Access {
     Exec,
 }
 
-/// The pages behind a file mapping: the VFS side implements it over its page cache.
-pub trait FileBacking {
+/// The pages behind a file mapping: the VFS side implements it over its page cache. `Send +
+/// Sync` because one address space serves every CPU.
+pub trait FileBacking: Send + Sync {
     /// The frame holding the file's page at `offset` (a multiple of 4096), kept by the file
     /// for as long as any mapping uses it. `Err(VmError::Io)` for an I/O error or an offset
     /// beyond the end of the file.
@@ -288,6 +289,13 @@ impl<A: FrameAllocator, M: PhysMapper> AddressSpace<A, M> {
     /// The page tables.
     pub fn mapper(&self) -> &Mapper<A, M> {
         &self.mapper
+    }
+
+    /// The page tables, for changes outside the window (a kernel's own mappings: its image,
+    /// its linear map, the guard pages of stacks it allocates itself). Changing a page inside
+    /// the window behind the VMAs' back breaks their bookkeeping; use the VMA operations there.
+    pub fn mapper_mut(&mut self) -> &mut Mapper<A, M> {
+        &mut self.mapper
     }
 
     /// The VMAs in address order.

@@ -433,7 +433,7 @@ impl<D: BlockDevice> Pool<D> {
     /// The level-0 block pointer of block `blkid` (`None`: a hole), as
     /// [`Pool::block_pointer`] finds it (`dbuf_findbp`, module/zfs/dbuf.c),
     /// with the indirect blocks on the way kept in `cache`.
-    fn cached_block_pointer(
+    pub(crate) fn cached_block_pointer(
         &mut self,
         dn: &Dnode,
         cache: &mut ReadCache,

@@ -565,35 +565,8 @@ impl<D: BlockDevice> Pool<D> {
     /// block holds `1 << (dn_indblkshift - 7)` block pointers in its own
     /// byte order; the depth is bounded by `dn_nlevels` (checked).
     pub fn block_pointer(&mut self, dn: &Dnode, blkid: u64) -> Result<Option<BlockPointer>> {
-        let p = dn.phys()?;
-        if blkid > p.max_blkid() {
-            return Ok(None);
-        }
-        let nlevels = u32::from(p.nlevels());
-        if nlevels == 0 {
-            return Err(Error::BadDnode);
-        }
-        let epbs = if nlevels > 1 { u32::from(p.indblkshift()) - 7 } else { 0 };
-        let top_shift = epbs * (nlevels - 1);
-        let top = if top_shift >= 64 { 0 } else { blkid >> top_shift };
-        if top >= u64::from(p.nblkptr()) {
-            return Ok(None);
-        }
-        let mut bp = p.blkptr(top as usize)?;
-        for level in (1..nlevels).rev() {
-            if bp.is_hole() {
-                return Ok(None);
-            }
-            if !bp.is_embedded() && (u32::from(bp.level()) != level || bp.lsize() != 1 << p.indblkshift()) {
-                return Err(Error::BadDnode);
-            }
-            let ind = self.reader.read_block(&bp)?;
-            let shift = epbs * (level - 1);
-            let idx = if shift >= 64 { 0 } else { (blkid >> shift) & ((1 << epbs) - 1) } as usize;
-            let at = idx * BLKPTR_SIZE;
-            bp = BlockPointer::parse(ind.get(at..).ok_or(Error::BadDnode)?, bp.byte_order())?;
-        }
-        Ok(if bp.is_hole() { None } else { Some(bp) })
+        // The same walk as a cached read, with a cache that lives for this call only.
+        self.cached_block_pointer(dn, &mut crate::fs::ReadCache::default(), blkid)
     }
 
     /// Reads level-0 block `blkid` of an object and returns it with its
@@ -870,13 +843,46 @@ fn read_objset<D: BlockDevice>(reader: &mut BlockReader<D>, bp: &BlockPointer, i
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::checksum::{fill_label_checksum, fletcher_4};
     use crate::device::MemDevice;
     use crate::label::{label_offset, VDEV_PHYS_OFFSET, VDEV_PHYS_SIZE, VDEV_UBERBLOCK_RING_OFFSET};
     use crate::nvlist::NvValue;
     use crate::vdev::VDEV_LABEL_START_SIZE;
+
+    /// Writes label 0 of a one-disk synthetic pool `synth` (pool guid 7,
+    /// vdev guid 8, txg 4, version 5000) with one uberblock whose root block
+    /// pointer is `rootbp` (the 128 bytes of a `blkptr_t`). Shared by the
+    /// synthetic-pool tests here and in `vfs`.
+    pub(crate) fn write_synthetic_label(disk: &mut [u8], rootbp: &[u8]) {
+        let tree = NvList::new()
+            .with("type", NvValue::String("file".into()))
+            .with("id", NvValue::Uint64(0))
+            .with("guid", NvValue::Uint64(8))
+            .with("ashift", NvValue::Uint64(9));
+        let config = NvList::new()
+            .with("version", NvValue::Uint64(5000))
+            .with("name", NvValue::String("synth".into()))
+            .with("txg", NvValue::Uint64(4))
+            .with("pool_guid", NvValue::Uint64(7))
+            .with("guid", NvValue::Uint64(8))
+            .with("vdev_children", NvValue::Uint64(1))
+            .with("vdev_tree", NvValue::NvList(tree));
+        let size = disk.len() as u64;
+        let off = label_offset(size, 0, VDEV_PHYS_OFFSET).unwrap() as usize;
+        let packed = config.pack(LE).unwrap();
+        disk[off..off + packed.len()].copy_from_slice(&packed);
+        fill_label_checksum(&mut disk[off..off + VDEV_PHYS_SIZE], off as u64, LE).unwrap();
+        let off = label_offset(size, 0, VDEV_UBERBLOCK_RING_OFFSET).unwrap() as usize;
+        let ub = &mut disk[off..off + 1024];
+        // ub_magic, ub_version, ub_txg, ub_guid_sum, ub_timestamp (uberblock_t).
+        for (i, v) in [0x00ba_b10c_u64, 5000, 4, 15, 1].iter().enumerate() {
+            ub[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        ub[40..168].copy_from_slice(rootbp);
+        fill_label_checksum(ub, off as u64, LE).unwrap();
+    }
 
     const LE: Endian = Endian::Little;
 
@@ -976,32 +982,7 @@ mod tests {
         ));
         os[0x2c0..0x2c8].copy_from_slice(&ost::META.to_le_bytes());
         put(&mut disk, 0, &os);
-        // Label 0: config and one uberblock.
-        let tree = NvList::new()
-            .with("type", NvValue::String("file".into()))
-            .with("id", NvValue::Uint64(0))
-            .with("guid", NvValue::Uint64(8))
-            .with("ashift", NvValue::Uint64(9));
-        let config = NvList::new()
-            .with("version", NvValue::Uint64(5000))
-            .with("name", NvValue::String("synth".into()))
-            .with("txg", NvValue::Uint64(4))
-            .with("pool_guid", NvValue::Uint64(7))
-            .with("guid", NvValue::Uint64(8))
-            .with("vdev_children", NvValue::Uint64(1))
-            .with("vdev_tree", NvValue::NvList(tree));
-        let size = disk.len() as u64;
-        let off = label_offset(size, 0, VDEV_PHYS_OFFSET).unwrap() as usize;
-        let packed = config.pack(LE).unwrap();
-        disk[off..off + packed.len()].copy_from_slice(&packed);
-        fill_label_checksum(&mut disk[off..off + VDEV_PHYS_SIZE], off as u64, LE).unwrap();
-        let off = label_offset(size, 0, VDEV_UBERBLOCK_RING_OFFSET).unwrap() as usize;
-        let ub = &mut disk[off..off + 1024];
-        for (i, v) in [0x00ba_b10c_u64, 5000, 4, 15, 1].iter().enumerate() {
-            ub[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
-        }
-        ub[40..168].copy_from_slice(&bp_to(&[0], &os, ot::OBJSET));
-        fill_label_checksum(ub, off as u64, LE).unwrap();
+        write_synthetic_label(&mut disk, &bp_to(&[0], &os, ot::OBJSET));
         disk
     }
 

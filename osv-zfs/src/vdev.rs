@@ -639,6 +639,22 @@ mod tests {
     use crate::nvlist::NvValue;
     use std::string::String;
 
+    /// A raidz vdev of `width` leaves (guids 100.., device i for leaf i), ashift 9.
+    fn raidz_vdev(width: usize, nparity: usize) -> Vdev {
+        let children: Vec<NvList> = (0..width).map(|i| leaf(100 + i as u64, i as u64)).collect();
+        let tree = NvList::new()
+            .with("type", NvValue::String(String::from("raidz")))
+            .with("guid", NvValue::Uint64(1))
+            .with("nparity", NvValue::Uint64(nparity as u64))
+            .with("ashift", NvValue::Uint64(9))
+            .with("children", NvValue::NvListArray(children));
+        let mut vdev = Vdev::from_config(&tree).unwrap();
+        for i in 0..width {
+            vdev.attach(100 + i as u64, i);
+        }
+        vdev
+    }
+
     fn leaf(guid: u64, id: u64) -> NvList {
         NvList::new()
             .with("type", NvValue::String(String::from("file")))
@@ -733,17 +749,7 @@ mod tests {
         if nparity > 1 {
             disks[1][base..base + 512].copy_from_slice(&q);
         }
-        let children: Vec<NvList> = (0..width).map(|i| leaf(100 + i as u64, i as u64)).collect();
-        let tree = NvList::new()
-            .with("type", NvValue::String(String::from("raidz")))
-            .with("guid", NvValue::Uint64(1))
-            .with("nparity", NvValue::Uint64(nparity as u64))
-            .with("ashift", NvValue::Uint64(9))
-            .with("children", NvValue::NvListArray(children));
-        let mut vdev = Vdev::from_config(&tree).unwrap();
-        for i in 0..width {
-            vdev.attach(100 + i as u64, i);
-        }
+        let vdev = raidz_vdev(width, nparity);
         (vdev, disks, data)
     }
 
@@ -873,17 +879,7 @@ mod tests {
         for (j, c) in map.columns[nparity..].iter().enumerate() {
             disks[c.child][base + c.offset as usize..][..c.size as usize].copy_from_slice(&cols[j]);
         }
-        let children: Vec<NvList> = (0..width).map(|i| leaf(100 + i as u64, i as u64)).collect();
-        let tree = NvList::new()
-            .with("type", NvValue::String(String::from("raidz")))
-            .with("guid", NvValue::Uint64(1))
-            .with("nparity", NvValue::Uint64(nparity as u64))
-            .with("ashift", NvValue::Uint64(9))
-            .with("children", NvValue::NvListArray(children));
-        let mut vdev = Vdev::from_config(&tree).unwrap();
-        for i in 0..width {
-            vdev.attach(100 + i as u64, i);
-        }
+        let vdev = raidz_vdev(width, nparity);
         (vdev, disks, map)
     }
 

@@ -537,8 +537,7 @@ impl<D: BlockDevice + Send + 'static> VnodeOps for Node<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checksum::{fill_label_checksum, fletcher_4};
-    use crate::label::{label_offset, VDEV_PHYS_OFFSET, VDEV_PHYS_SIZE, VDEV_UBERBLOCK_RING_OFFSET};
+    use crate::checksum::fletcher_4;
     use crate::nvlist::{NvList, NvValue};
     use crate::vdev::VDEV_LABEL_START_SIZE;
     use crate::zap::tests::micro;
@@ -947,33 +946,8 @@ mod tests {
         mos[..512].copy_from_slice(&dnode(10, 1, 1, 32, 0, &[mos_dnodes], (0, &[]), None));
         mos[0x2c0..0x2c8].copy_from_slice(&1u64.to_le_bytes());
         let mos_bp = disk.put(&mos, 11, 0, 3);
-        // Label 0 and one uberblock.
         let mut bytes = disk.bytes;
-        let tree = NvList::new()
-            .with("type", NvValue::String("file".into()))
-            .with("id", NvValue::Uint64(0))
-            .with("guid", NvValue::Uint64(8))
-            .with("ashift", NvValue::Uint64(9));
-        let config = NvList::new()
-            .with("version", NvValue::Uint64(5000))
-            .with("name", NvValue::String("synth".into()))
-            .with("txg", NvValue::Uint64(4))
-            .with("pool_guid", NvValue::Uint64(7))
-            .with("guid", NvValue::Uint64(8))
-            .with("vdev_children", NvValue::Uint64(1))
-            .with("vdev_tree", NvValue::NvList(tree));
-        let size = bytes.len() as u64;
-        let off = label_offset(size, 0, VDEV_PHYS_OFFSET).unwrap() as usize;
-        let packed = config.pack(LE).unwrap();
-        bytes[off..off + packed.len()].copy_from_slice(&packed);
-        fill_label_checksum(&mut bytes[off..off + VDEV_PHYS_SIZE], off as u64, LE).unwrap();
-        let off = label_offset(size, 0, VDEV_UBERBLOCK_RING_OFFSET).unwrap() as usize;
-        let ub = &mut bytes[off..off + 1024];
-        for (i, v) in [0x00ba_b10c_u64, 5000, 4, 15, 1].iter().enumerate() {
-            ub[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
-        }
-        ub[40..168].copy_from_slice(&mos_bp);
-        fill_label_checksum(ub, off as u64, LE).unwrap();
+        crate::pool::tests::write_synthetic_label(&mut bytes, &mos_bp);
         bytes
     }
 

@@ -11,7 +11,6 @@
 
 mod common;
 
-use osv_zfs::label::VdevLabels;
 use osv_zfs::pool::{DatasetInfo, Pool};
 use osv_zfs::{BlockDevice, Error, FileDevice};
 use std::collections::BTreeMap;
@@ -20,15 +19,7 @@ use std::process::Command;
 
 /// Every pool of the test data: name -> its vdev files.
 fn pools_by_name() -> Option<BTreeMap<String, Vec<PathBuf>>> {
-    let pools = common::pools()?;
-    let mut by_pool: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    for file in pools.iter().flat_map(|p| &p.files) {
-        let labels = VdevLabels::read(&mut FileDevice::open(file).unwrap()).unwrap();
-        let name = labels.config().unwrap().get_str("name").unwrap().to_string();
-        by_pool.entry(name).or_default().push(file.clone());
-    }
-    assert!(by_pool.len() >= 14, "only {} pools", by_pool.len());
-    Some(by_pool)
+    Some(common::pools_by_name(common::pools()?))
 }
 
 fn open(files: &[PathBuf]) -> osv_zfs::Result<Pool<FileDevice>> {

@@ -33,17 +33,7 @@ const CHUNKS: [usize; 6] = [4093, 1, 65_537, 8191, 131_075, 512];
 /// `pread` probes per file.
 const PREADS: usize = 8;
 
-/// A small deterministic PRNG (xorshift64*) for the `pread` offsets.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+use common::Rng;
 
 /// What the walk saw of one path.
 struct Seen {

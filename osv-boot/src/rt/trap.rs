@@ -32,6 +32,31 @@ pub fn clear_handler(vector: u8) {
     HANDLERS[vector as usize].store(core::ptr::null_mut(), Ordering::Release);
 }
 
+/// A page-fault resolver: given the faulting address (CR2) and the error
+/// code, makes the access possible (demand paging, copy-on-write) and
+/// returns `true` to retry the instruction, or `false` to treat the fault as
+/// unexpected (probe fix-up or fatal report). It runs on the exception's IST
+/// stack with interrupts off.
+pub type PageFaultResolver = fn(u64, PageFaultCode) -> bool;
+
+static PF_RESOLVER: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Installs the kernel's page-fault resolver (OSv's `vm_fault` hook).
+pub fn set_page_fault_resolver(resolver: PageFaultResolver) {
+    PF_RESOLVER.store(resolver as *mut (), Ordering::Release);
+}
+
+fn resolve_page_fault(cr2: u64, code: u64) -> bool {
+    let r = PF_RESOLVER.load(Ordering::Acquire);
+    if r.is_null() {
+        return false;
+    }
+    // SAFETY: only `set_page_fault_resolver` stores non-null values here, and
+    // it stores `PageFaultResolver` function pointers.
+    let r: PageFaultResolver = unsafe { core::mem::transmute::<*mut (), PageFaultResolver>(r) };
+    r(cr2, PageFaultCode(code))
+}
+
 /// How many `int3` breakpoints were taken, and the RIP after the last one.
 pub fn breakpoints() -> (u64, u64) {
     (BREAKPOINTS.load(Ordering::Relaxed), LAST_BREAKPOINT_RIP.load(Ordering::Relaxed))
@@ -69,6 +94,9 @@ extern "C" fn osv_trap_dispatch(frame: &mut TrapFrame) {
 
 fn exception(frame: &mut TrapFrame) {
     let cr2 = if frame.vector == u64::from(vector::PAGE_FAULT) { arch::cr2() } else { 0 };
+    if frame.vector == u64::from(vector::PAGE_FAULT) && resolve_page_fault(cr2, frame.error_code) {
+        return;
+    }
     if let Some(fix) = probe::fixup(frame.rip, frame.vector, frame.error_code, cr2) {
         frame.rip = fix;
         frame.rax = 1;

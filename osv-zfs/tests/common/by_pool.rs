@@ -4,23 +4,10 @@
 
 #![allow(dead_code)]
 
-use osv_zfs::label::VdevLabels;
-use osv_zfs::FileDevice;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Every pool of the test data: name -> its vdev files.
-pub fn pools_by_name(pools: &[super::common::Pool]) -> BTreeMap<String, Vec<PathBuf>> {
-    let mut by_pool: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    for file in pools.iter().flat_map(|p| &p.files) {
-        let labels = VdevLabels::read(&mut FileDevice::open(file).unwrap()).unwrap();
-        let name = labels.config().unwrap().get_str("name").unwrap().to_string();
-        by_pool.entry(name).or_default().push(file.clone());
-    }
-    assert!(by_pool.len() >= 14, "only {} pools", by_pool.len());
-    by_pool
-}
+pub use super::common::pools_by_name;
 
 /// `zdb -e -p DIR...` for the directories holding `files`, then `args`.
 pub fn zdb_command(zdb: &Path, files: &[PathBuf], args: &[&str]) -> Command {

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+use osv_zfs::label::VdevLabels;
+use osv_zfs::FileDevice;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -147,6 +150,20 @@ pub fn pools() -> Option<&'static [Pool]> {
         .as_deref()
 }
 
+/// The test pools grouped by pool name (read from each vdev's label: a
+/// pool can span several archives, the mirror and raidz pools): name ->
+/// its vdev files.
+pub fn pools_by_name(pools: &[Pool]) -> BTreeMap<String, Vec<PathBuf>> {
+    let mut by_pool: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for file in pools.iter().flat_map(|p| &p.files) {
+        let labels = VdevLabels::read(&mut FileDevice::open(file).unwrap()).unwrap();
+        let name = labels.config().unwrap().get_str("name").unwrap().to_string();
+        by_pool.entry(name).or_default().push(file.clone());
+    }
+    assert!(by_pool.len() >= 14, "only {} pools", by_pool.len());
+    by_pool
+}
+
 /// The path of `zdb`, or `None` (after printing why) when it is not
 /// installed and `CI` is not `true`.
 pub fn zdb() -> Option<PathBuf> {
@@ -159,5 +176,23 @@ pub fn zdb() -> Option<PathBuf> {
     match found {
         Some(p) => Some(p),
         None => skip("zdb (OpenZFS, package zfsutils-linux) is not installed"),
+    }
+}
+
+/// xorshift64*: a small seeded generator for repeatable test inputs.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A value below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
     }
 }

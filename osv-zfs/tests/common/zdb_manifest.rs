@@ -11,8 +11,6 @@
 
 #![allow(dead_code)]
 
-use osv_zfs::label::VdevLabels;
-use osv_zfs::FileDevice;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -28,14 +26,7 @@ const JOBS: usize = 3;
 /// Every pool of the test data: name -> a directory of symlinks to all
 /// its vdev files (the raidz and mirror pools span several archives).
 pub fn pool_dirs() -> Option<BTreeMap<String, PathBuf>> {
-    let pools = crate::common::pools()?;
-    let mut by_pool: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    for file in pools.iter().flat_map(|p| &p.files) {
-        let labels = VdevLabels::read(&mut FileDevice::open(file).unwrap()).unwrap();
-        let name = labels.config().unwrap().get_str("name").unwrap().to_string();
-        by_pool.entry(name).or_default().push(file.clone());
-    }
-    assert!(by_pool.len() >= 14, "only {} pools", by_pool.len());
+    let by_pool = crate::common::pools_by_name(crate::common::pools()?);
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("osv-zfs-pools");
     let mut out = BTreeMap::new();
     for (name, files) in by_pool {
@@ -195,7 +186,12 @@ pub fn zpl_datasets(zdb: &Path, dirs: &BTreeMap<String, PathBuf>) -> Vec<ZdbData
             .filter_map(|l| l.strip_prefix("Dataset "))
             .filter_map(|l| {
                 let (name, rest) = l.split_once(" [ZPL]")?;
-                let objects = rest.split(", ").find_map(|f| f.strip_suffix(" objects")?.parse().ok())?;
+                // A ZPL dataset is never skipped: a line without its
+                // object count is an error, not a dataset less.
+                let objects = rest
+                    .split(", ")
+                    .find_map(|f| f.strip_suffix(" objects")?.parse().ok())
+                    .unwrap_or_else(|| panic!("{pool}: no object count in zdb -d line {l:?}"));
                 Some(ZdbDataset { pool: pool.clone(), dir: dir.clone(), name: name.to_string(), objects })
             })
             .collect::<Vec<_>>()
@@ -323,22 +319,31 @@ pub fn copy_cap() -> usize {
     }
 }
 
-/// Fills the `sha` of the file lines of `trees` with `zdb -r` copies (at
-/// most `cap` per dataset); errors are returned, not fatal.
-pub fn fill_hashes(zdb: &Path, trees: &mut [(ZdbDataset, ZdbTree)], cap: usize) -> Vec<String> {
+/// The `zdb -r` copies [`fill_hashes`] makes: (index into `trees`, file
+/// path), at most `cap` per dataset chosen by [`pick`].
+pub fn copy_list(trees: &[(ZdbDataset, ZdbTree)], cap: usize) -> Vec<(usize, String)> {
     let mut copies = Vec::new();
-    for (i, (d, t)) in trees.iter().enumerate() {
+    for (i, (_, t)) in trees.iter().enumerate() {
         let mut files: Vec<&Line> = t.lines.iter().filter(|l| l.kind == "file").collect();
         files.sort();
         for k in pick(&files, cap) {
-            copies.push((i, d.pool.clone(), d.dir.clone(), d.name.clone(), files[k].path.clone()));
+            copies.push((i, files[k].path.clone()));
         }
     }
-    let sums = parallel(copies.iter().cloned().enumerate().collect(), |(n, (_, pool, dir, ds, path))| {
-        zdb_copy(zdb, &dir, &pool, &ds, &path, n)
+    copies
+}
+
+/// Fills the `sha` of the file lines of `trees` with `zdb -r` copies (at
+/// most `cap` per dataset); errors are returned, not fatal.
+pub fn fill_hashes(zdb: &Path, trees: &mut [(ZdbDataset, ZdbTree)], cap: usize) -> Vec<String> {
+    let copies = copy_list(trees, cap);
+    let datasets: &[(ZdbDataset, ZdbTree)] = trees;
+    let sums = parallel(copies.iter().enumerate().collect(), |(n, (i, path))| {
+        let d = &datasets[*i].0;
+        zdb_copy(zdb, &d.dir, &d.pool, &d.name, path, n)
     });
     let mut errors = Vec::new();
-    for ((i, _, _, _, path), sum) in copies.into_iter().zip(sums) {
+    for ((i, path), sum) in copies.into_iter().zip(sums) {
         match sum {
             Ok(s) => {
                 if let Some(l) = trees[i].1.lines.iter_mut().find(|l| l.path == path) {
