@@ -175,6 +175,17 @@ pub struct Cpu {
     pub enabled: bool,
 }
 
+/// One I/O APIC the MADT lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoApicEntry {
+    /// Its I/O APIC ID.
+    pub id: u8,
+    /// Physical address of its registers.
+    pub address: u32,
+    /// The first GSI it serves.
+    pub gsi_base: u32,
+}
+
 /// A checked MADT (§5.2.12).
 #[derive(Clone, Copy, Debug)]
 pub struct Madt<'a> {
@@ -242,6 +253,16 @@ impl<'a> Madt<'a> {
             let e = self.table.get(off..off + len)?;
             off += len;
             Some((ty, e))
+        })
+    }
+
+    /// Every I/O APIC entry (type 1, §5.2.12.3 "I/O APIC Structure": ID at
+    /// byte 2, 32-bit address at 4, GSI base at 8), in table order; an
+    /// entry shorter than its 12 bytes is skipped.
+    pub fn io_apics(&self) -> impl Iterator<Item = IoApicEntry> + '_ {
+        self.entries().filter_map(|(ty, e)| {
+            (ty == 1).then_some(())?;
+            Some(IoApicEntry { id: *e.get(2)?, address: u32_at(e, 4).ok()?, gsi_base: u32_at(e, 8).ok()? })
         })
     }
 
@@ -347,6 +368,10 @@ mod tests {
         );
         assert_eq!(madt.lapic_address(), 0xfee0_0000);
         assert!(madt.has_8259());
+        assert_eq!(
+            madt.io_apics().collect::<Vec<_>>(),
+            [IoApicEntry { id: 0, address: 0xfec0_0000, gsi_base: 0 }]
+        );
     }
 
     #[test]

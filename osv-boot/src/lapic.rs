@@ -1,5 +1,5 @@
 //! The local APIC in xAPIC mode (memory-mapped registers), enough for a
-//! one-shot timer and end-of-interrupt.
+//! one-shot timer, end-of-interrupt and inter-processor interrupts.
 //!
 //! Register offsets from the Intel SDM vol. 3A, table 11-1 "Local APIC
 //! Register Address Map".
@@ -17,6 +17,16 @@ const LVT_TIMER: usize = 0x320;
 const TIMER_INITIAL: usize = 0x380;
 const TIMER_CURRENT: usize = 0x390;
 const TIMER_DIVIDE: usize = 0x3e0;
+const ICR_LOW: usize = 0x300;
+const ICR_HIGH: usize = 0x310;
+/// ICR delivery status (bit 12): the previous IPI is still being sent.
+const ICR_PENDING: u32 = 1 << 12;
+/// ICR level bit (14): assert (SDM vol. 3A §11.6.1, figure 11-12).
+const ICR_ASSERT: u32 = 1 << 14;
+/// ICR delivery modes (bits 10:8): fixed, INIT, start-up.
+const ICR_FIXED: u32 = 0b000 << 8;
+const ICR_INIT: u32 = 0b101 << 8;
+const ICR_STARTUP: u32 = 0b110 << 8;
 /// LVT timer mode bits 18:17 = `0b10`: TSC-deadline.
 const TSC_DEADLINE_MODE: u32 = 0b10 << 17;
 /// LVT mask bit.
@@ -100,6 +110,42 @@ impl Lapic {
     /// The timer's current count.
     pub fn current(&self) -> u32 {
         self.read(TIMER_CURRENT)
+    }
+
+    /// Sends an IPI with ICR low word `low` to the xAPIC `dest` (physical
+    /// destination mode), after the previous one left. Interrupts are off
+    /// between the two ICR writes, so a handler on this CPU cannot interleave
+    /// its own IPI (SDM vol. 3A §11.6.1: writing the low word sends).
+    fn send(&self, dest: u8, low: u32) {
+        crate::arch::without_interrupts(|| {
+            while self.read(ICR_LOW) & ICR_PENDING != 0 {
+                core::hint::spin_loop();
+            }
+            self.write(ICR_HIGH, u32::from(dest) << 24);
+            self.write(ICR_LOW, low);
+        });
+    }
+
+    /// Sends `vector` (fixed delivery) to the CPU whose APIC ID is `dest`.
+    pub fn send_ipi(&self, dest: u8, vector: u8) {
+        self.send(dest, ICR_FIXED | ICR_ASSERT | u32::from(vector));
+    }
+
+    /// Sends INIT (level assert) to `dest`: the first step of starting an
+    /// application processor (SDM vol. 3A §8.4.4.1).
+    pub fn send_init(&self, dest: u8) {
+        self.send(dest, ICR_INIT | ICR_ASSERT);
+    }
+
+    /// Sends a start-up IPI to `dest`: it starts in real mode at
+    /// `page << 12` (a page below 1 MiB).
+    pub fn send_startup(&self, dest: u8, page: u8) {
+        self.send(dest, ICR_STARTUP | ICR_ASSERT | u32::from(page));
+    }
+
+    /// Whether the last IPI has been delivered (ICR delivery status idle).
+    pub fn ipi_idle(&self) -> bool {
+        self.read(ICR_LOW) & ICR_PENDING == 0
     }
 
     /// Stops the timer.

@@ -56,6 +56,7 @@ pub mod acpi;
 pub mod arch;
 pub mod backtrace;
 pub mod desc;
+pub mod ioapic;
 pub mod lapic;
 pub mod memmap;
 pub mod pit;

@@ -8,25 +8,30 @@ use core::ptr::NonNull;
 use osv_boot::BootInfo;
 use osv_mm::{CpuLocal, Heap, LinearMap, PageRangeAllocator, PerCpuPages, PhysAddr, PhysMapper};
 
-/// CPUs the per-CPU pools and caches are built for (one until SMP).
-pub const MAX_CPUS: usize = 1;
+/// CPUs the per-CPU pools and caches are built for: the scheduler's.
+pub const MAX_CPUS: usize = crate::threads::MAX_CPUS;
 
-/// CPU identity for osv-mm: CPU 0, with interrupts off while the answer is
-/// used. The scheduler allocates from its timer interrupt (run-queue and
-/// timer-list nodes); with interrupts off no handler can enter a pool or page
-/// cache that the interrupted code is using.
+/// CPU identity for osv-mm: the index of the CPU this runs on (osv-boot's
+/// per-CPU record at the GS base, set before any allocation), with
+/// interrupts off while the answer is used. The scheduler allocates from
+/// its timer interrupt (run-queue and timer-list nodes); with interrupts
+/// off no handler can enter a pool or page cache that the interrupted code
+/// is using, and the thread cannot move to another CPU. Frees from another
+/// CPU go through osv-mm's cross-CPU free queue.
 pub struct KernelCpus;
 
-// SAFETY: one CPU; `f` runs with interrupts disabled, so no other context
-// (thread or interrupt handler) runs `f` with index 0 at the same time;
-// nested calls from inside `f` get the same index, which osv-mm allows.
+// SAFETY: `f` runs with interrupts disabled on the CPU whose index it gets,
+// so no other context (thread or interrupt handler, on this or another CPU)
+// runs `f` with the same index at the same time; nested calls from inside
+// `f` get the same index, which osv-mm allows. The index is below
+// `MAX_CPUS`: the scheduler starts no more CPUs than that.
 unsafe impl CpuLocal for KernelCpus {
     fn max_cpus(&self) -> usize {
         MAX_CPUS
     }
     #[inline]
     fn with_cpu<R>(&self, f: impl FnOnce(usize) -> R) -> R {
-        osv_boot::arch::without_interrupts(|| f(0))
+        osv_boot::arch::without_interrupts(|| f(osv_boot::rt::smp::cpu_index()))
     }
 }
 

@@ -36,10 +36,12 @@ osv_boot::entry_point!(main);
 fn main(boot: &'static BootInfo) -> ! {
     heap::init(boot);
     mm::init(boot);
+    // The scheduler on the boot CPU, then every other CPU ACPI lists.
+    let cpus = threads::start_aps(boot);
     let devices = virtio::init(boot.cmdline.as_str());
     let mounted = fs::init(boot, devices);
     println!(
-        "OSv demo kernel {} booted: entry to main {} us (TSC calibration {} us), TSC {} MHz, {} MiB usable",
+        "OSv demo kernel {} booted: entry to main {} us (TSC calibration {} us), TSC {} MHz, {} MiB usable, {cpus} CPU(s)",
         env!("CARGO_PKG_VERSION"),
         boot.entry_to_main_us(),
         boot.tsc.ticks_to_us(boot.calibration_ticks),

@@ -17,7 +17,11 @@ use core::alloc::Layout;
 use core::ops::Range;
 use core::ptr::NonNull;
 
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
+
+use crate::threads::MAX_CPUS;
 use osv_boot::BootInfo;
 
 use osv_mm::vma::{Access, AddressSpace, Backing, VmError};
@@ -35,6 +39,7 @@ pub static ALL: &[Test] = &[
     Test { name: "mm::guard_page_below_a_stack", run: guard_page },
     Test { name: "mm::demand_paging_fills_zero_pages_on_first_touch", run: demand_paging },
     Test { name: "mm::mmap_failure_is_an_error", run: mmap_failure },
+    Test { name: "mm::smp_munmap_shoots_down_other_cpus_tlbs", run: shootdown },
 ];
 
 /// 4 KiB frames for page tables, from the heap.
@@ -73,7 +78,8 @@ unsafe impl PhysMapper for Identity {
     }
 }
 
-/// TLB invalidation on this CPU (one CPU for now: a shootdown needs IPIs).
+/// TLB invalidation on this CPU only: for changes no other CPU can have
+/// cached (a fault that maps a page that was not present).
 pub struct LocalTlb;
 
 impl TlbFlush for LocalTlb {
@@ -88,6 +94,139 @@ impl TlbFlush for LocalTlb {
     fn flush_all(&self) {
         // SAFETY: reloading the active root changes no mapping.
         unsafe { osv_boot::arch::write_cr3(osv_boot::arch::read_cr3()) }
+    }
+}
+
+/// Above this many pages a shootdown reloads CR3 instead of `invlpg`s.
+const FLUSH_ALL_PAGES: u64 = 64;
+
+/// The TLB shootdown IPI.
+pub const TLB_VECTOR: u8 = 0x32;
+
+/// TLB invalidation on every online CPU (osv-mm's flush tokens end here
+/// for unmap and protect): this CPU flushes, then each other online CPU
+/// gets the range through one mailbox and an IPI, and the sender waits for
+/// every acknowledgement. One shootdown at a time (the mailbox flag); a CPU
+/// waiting for the mailbox, for acknowledgements or for the address-space
+/// lock serves requests addressed to it, so two CPUs never wait on each
+/// other with interrupts off.
+pub struct Shootdown;
+
+struct Mailbox {
+    busy: AtomicBool,
+    start: AtomicU64,
+    end: AtomicU64,
+    acks: AtomicU32,
+    pending: [AtomicBool; MAX_CPUS],
+}
+
+static MAILBOX: Mailbox = Mailbox {
+    busy: AtomicBool::new(false),
+    start: AtomicU64::new(0),
+    end: AtomicU64::new(0),
+    acks: AtomicU32::new(0),
+    pending: [const { AtomicBool::new(false) }; MAX_CPUS],
+};
+
+/// Shootdowns that reached other CPUs, and the IPIs they sent.
+pub static SHOOTDOWNS: AtomicU64 = AtomicU64::new(0);
+/// Shootdown IPIs sent.
+pub static SHOOTDOWN_IPIS: AtomicU64 = AtomicU64::new(0);
+
+fn flush_local(start: u64, end: u64) {
+    if end.saturating_sub(start) / 4096 > FLUSH_ALL_PAGES {
+        LocalTlb.flush_all();
+    } else {
+        LocalTlb.flush_range(VirtAddr::new(start)..VirtAddr::new(end));
+    }
+}
+
+/// Serves a shootdown request addressed to CPU `me`, if any.
+fn serve_shootdown(me: usize) {
+    if me < MAX_CPUS && MAILBOX.pending[me].swap(false, Acquire) {
+        flush_local(MAILBOX.start.load(Relaxed), MAILBOX.end.load(Relaxed));
+        MAILBOX.acks.fetch_add(1, Release);
+    }
+}
+
+fn on_tlb_ipi(_: &mut osv_boot::trap::TrapFrame) {
+    if let Some(l) = osv_boot::rt::lapic() {
+        l.eoi();
+    }
+    serve_shootdown(osv_boot::rt::smp::cpu_index());
+}
+
+/// Flushes `[start, end)` (everything for `u64::MAX`) on the other CPUs.
+fn shoot_remote(start: u64, end: u64) {
+    if crate::threads::online_cpus() <= 1 {
+        return;
+    }
+    osv_boot::arch::without_interrupts(|| {
+        let me = osv_boot::rt::smp::cpu_index();
+        while MAILBOX.busy.compare_exchange(false, true, Acquire, Relaxed).is_err() {
+            serve_shootdown(me);
+            core::hint::spin_loop();
+        }
+        MAILBOX.start.store(start, Relaxed);
+        MAILBOX.end.store(end, Relaxed);
+        MAILBOX.acks.store(0, Relaxed);
+        let mut sent = 0;
+        for i in (0..MAX_CPUS).filter(|&i| i != me && crate::threads::cpu_online(i)) {
+            let Some(id) = osv_boot::rt::smp::apic_id_of(i).and_then(|a| u8::try_from(a).ok()) else {
+                continue;
+            };
+            MAILBOX.pending[i].store(true, Release);
+            if let Some(l) = osv_boot::rt::lapic() {
+                l.send_ipi(id, TLB_VECTOR);
+                sent += 1;
+            }
+        }
+        while MAILBOX.acks.load(Acquire) < sent {
+            serve_shootdown(me);
+            core::hint::spin_loop();
+        }
+        SHOOTDOWNS.fetch_add(1, Relaxed);
+        SHOOTDOWN_IPIS.fetch_add(u64::from(sent), Relaxed);
+        MAILBOX.busy.store(false, Release);
+    });
+}
+
+impl TlbFlush for Shootdown {
+    fn flush_range(&self, range: Range<VirtAddr>) {
+        LocalTlb.flush_range(range.clone());
+        shoot_remote(range.start.as_u64(), range.end.as_u64());
+    }
+
+    fn flush_all(&self) {
+        LocalTlb.flush_all();
+        shoot_remote(0, u64::MAX);
+    }
+}
+
+/// The CPU holding the address-space lock (`usize::MAX`: none).
+static KERNEL_OWNER: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Runs `f` on the kernel address space with its lock held and interrupts
+/// off. While the lock is busy this CPU waits with interrupts as the caller
+/// had them, and serves shootdowns meanwhile (the holder may be waiting for
+/// this CPU's acknowledgement).
+pub fn with_kernel<R>(f: impl FnOnce(&mut Space) -> R) -> R {
+    let k = kernel();
+    let mut f = Some(f);
+    loop {
+        let r = osv_boot::arch::without_interrupts(|| {
+            let mut g = k.try_lock()?;
+            KERNEL_OWNER.store(osv_boot::rt::smp::cpu_index(), Relaxed);
+            let f = f.take()?;
+            let r = f(&mut g);
+            KERNEL_OWNER.store(usize::MAX, Relaxed);
+            Some(r)
+        });
+        if let Some(r) = r {
+            return r;
+        }
+        serve_shootdown(osv_boot::rt::smp::cpu_index());
+        core::hint::spin_loop();
     }
 }
 
@@ -156,9 +295,12 @@ fn map(
     if r.is_empty() {
         return Ok(());
     }
-    m.map(VirtAddr::new(r.start)..VirtAddr::new(r.end), PhysAddr::new(r.start), flags)
-        .map_err(|e| alloc::format!("mapping {:#x}..{:#x} {flags:?}: {e:?}", r.start, r.end))?
-        .ignore(); // not live yet: CR3 is loaded below
+    let t = m
+        .map(VirtAddr::new(r.start)..VirtAddr::new(r.end), PhysAddr::new(r.start), flags)
+        .map_err(|e| alloc::format!("mapping {:#x}..{:#x} {flags:?}: {e:?}", r.start, r.end))?;
+    // Not live yet (CR3 is loaded below): no flush, but table frames a
+    // merge gave up go back to the allocator.
+    m.discard(t);
     Ok(())
 }
 
@@ -206,6 +348,9 @@ pub fn init(boot: &BootInfo) {
     };
     KERNEL.call_once(|| spin::Mutex::new(space));
     osv_boot::rt::trap::set_page_fault_resolver(resolve_fault);
+    if !osv_boot::rt::trap::set_handler(TLB_VECTOR, on_tlb_ipi) {
+        panic!("cannot install the TLB shootdown handler");
+    }
 }
 
 /// The page-fault hook: faults inside the VMA window go to the VMA layer
@@ -219,7 +364,19 @@ fn resolve_fault(addr: u64, code: osv_boot::trap::PageFaultCode) -> bool {
         return false;
     }
     let Some(space) = KERNEL.get() else { return false };
-    let Some(mut space) = space.try_lock() else { return false };
+    let me = osv_boot::rt::smp::cpu_index();
+    let mut space = loop {
+        if let Some(g) = space.try_lock() {
+            break g;
+        }
+        if KERNEL_OWNER.load(Relaxed) == me {
+            // A fault while this CPU holds the lock: report, not deadlock.
+            return false;
+        }
+        // Another CPU holds it (and may wait for our acknowledgement).
+        serve_shootdown(me);
+        core::hint::spin_loop();
+    };
     let access = if code.fetch() {
         Access::Exec
     } else if code.write() {
@@ -240,14 +397,12 @@ pub fn kernel() -> &'static spin::Mutex<Space> {
 }
 
 fn flags_at(addr: u64) -> Option<(Flags, PageSize)> {
-    osv_boot::arch::without_interrupts(|| {
-        kernel().lock().mapper().translate(VirtAddr::new(addr)).map(|(_, f, s)| (f, s))
-    })
+    with_kernel(|k| k.mapper().translate(VirtAddr::new(addr)).map(|(_, f, s)| (f, s)))
 }
 
 fn w_xor_x(_: &'static BootInfo) -> Outcome {
     check!(
-        osv_boot::arch::read_cr3() == kernel().lock().mapper().root().as_u64(),
+        osv_boot::arch::read_cr3() == with_kernel(|k| k.mapper().root().as_u64()),
         "the osv-mm tables are not active"
     );
     let mut checked = 0u64;
@@ -334,7 +489,7 @@ fn huge_pages(boot: &'static BootInfo) -> Outcome {
     }
     check!(total > 0 && huge == total, "{huge} of {total} heap 2 MiB ranges use 2 MiB pages");
     let mut tables = 0u64;
-    kernel().lock().mapper().for_each_table(|_, _| tables += 1);
+    with_kernel(|k| k.mapper().for_each_table(|_, _| tables += 1));
     osv_boot::println!(
         "  {} MiB of RAM mapped; the heap's {total} 2 MiB ranges all use 2 MiB pages; {tables} page-table pages in all",
         boot.memory.total() >> 20
@@ -348,9 +503,10 @@ fn mprotect_round_trip(_: &'static BootInfo) -> Outcome {
     let a = page.0.as_ptr() as u64;
     let r = VirtAddr::new(a)..VirtAddr::new(a + 4096);
     let protect = |f: Flags| -> Outcome {
-        osv_boot::arch::without_interrupts(|| kernel().lock().mapper_mut().protect(r.clone(), f))
-            .map_err(|e| alloc::format!("protect {a:#x} {f:?}: {e:?}"))?
-            .flush(&LocalTlb);
+        // `Mapper::flush` frees the table frames a split or merge retired,
+        // after the shootdown.
+        with_kernel(|k| k.mapper_mut().protect(r.clone(), f).map(|t| k.mapper().flush(t, &Shootdown)))
+            .map_err(|e| alloc::format!("protect {a:#x} {f:?}: {e:?}"))?;
         Ok(())
     };
     protect(Flags::READ)?;
@@ -396,6 +552,8 @@ pub enum StackError {
     OutOfMemory,
     /// The guard registry is full.
     TooManyGuards,
+    /// A thread was pinned to a CPU that is not online.
+    NoSuchCpu,
 }
 
 impl GuardedStack {
@@ -410,11 +568,12 @@ impl GuardedStack {
         }
         let mut s = GuardedStack { base, layout, guard: None };
         let g = s.guard_range();
-        osv_boot::arch::without_interrupts(|| {
-            kernel().lock().mapper_mut().unmap(VirtAddr::new(g.start)..VirtAddr::new(g.end))
+        with_kernel(|k| {
+            k.mapper_mut()
+                .unmap(VirtAddr::new(g.start)..VirtAddr::new(g.end))
+                .map(|t| k.mapper().flush(t, &Shootdown))
         })
-        .map_err(|_| StackError::OutOfMemory)?
-        .flush(&LocalTlb);
+        .map_err(|_| StackError::OutOfMemory)?;
         s.guard = Some(osv_boot::rt::guard::register(g, name).ok_or(StackError::TooManyGuards)?);
         Ok(s)
     }
@@ -442,16 +601,15 @@ impl Drop for GuardedStack {
         }
         let g = self.guard_range();
         // Map the guard page back before the memory returns to the heap.
-        let remapped = osv_boot::arch::without_interrupts(|| {
-            kernel().lock().mapper_mut().map(
-                VirtAddr::new(g.start)..VirtAddr::new(g.end),
-                PhysAddr::new(g.start),
-                Flags::RW,
-            )
+        let remapped = with_kernel(|k| {
+            // The guard's 2 MiB range may merge back into one page here; the
+            // retired table frame is freed after the shootdown.
+            k.mapper_mut()
+                .map(VirtAddr::new(g.start)..VirtAddr::new(g.end), PhysAddr::new(g.start), Flags::RW)
+                .map(|t| k.mapper().flush(t, &Shootdown))
         });
         match remapped {
-            Ok(f) => {
-                f.flush(&LocalTlb);
+            Ok(()) => {
                 // SAFETY: `base` came from `alloc` with `layout`, and the
                 // whole block is mapped again.
                 unsafe { alloc::alloc::dealloc(self.base, self.layout) }
@@ -498,11 +656,9 @@ fn demand_paging(_: &'static BootInfo) -> Outcome {
     use osv_boot::rt::probe::{self, Fault};
     const PAGES: u64 = 16;
     let len = PAGES * 4096;
-    let a = osv_boot::arch::without_interrupts(|| {
-        kernel().lock().mmap(None, len, Flags::RW, Backing::Anon, &LocalTlb)
-    })
-    .map_err(|e| alloc::format!("mmap: {e:?}"))?
-    .as_u64();
+    let a = with_kernel(|k| k.mmap(None, len, Flags::RW, Backing::Anon, &Shootdown))
+        .map_err(|e| alloc::format!("mmap: {e:?}"))?
+        .as_u64();
     check!(VM_WINDOW.contains(&a), "mapped at {a:#x}, outside the window");
     check!((0..PAGES).all(|i| flags_at(a + i * 4096).is_none()), "pages mapped before first touch");
     let before = DEMAND_FAULTS.load(Relaxed);
@@ -525,10 +681,8 @@ fn demand_paging(_: &'static BootInfo) -> Outcome {
     check!(faults == touched.len() as u64, "{faults} demand faults for {} touched pages", touched.len());
     check!(flags_at(a + 4096).is_none(), "an untouched page got mapped");
     // Read-only now: a write is a protection fault the VMA layer refuses.
-    osv_boot::arch::without_interrupts(|| {
-        kernel().lock().mprotect(VirtAddr::new(a), len, Flags::READ, &LocalTlb)
-    })
-    .map_err(|e| alloc::format!("mprotect: {e:?}"))?;
+    with_kernel(|k| k.mprotect(VirtAddr::new(a), len, Flags::READ, &Shootdown))
+        .map_err(|e| alloc::format!("mprotect: {e:?}"))?;
     // SAFETY: the probe catches the fault.
     let w = unsafe { probe::write_u64(a + 3 * 4096, 1) };
     check!(
@@ -538,7 +692,7 @@ fn demand_paging(_: &'static BootInfo) -> Outcome {
     // SAFETY: reads still work.
     check!(unsafe { probe::read_u64(a + 3 * 4096 + 16) } == Ok(0xfeed_0003));
     // Unmapped: every access faults, and the frames go back.
-    osv_boot::arch::without_interrupts(|| kernel().lock().munmap(VirtAddr::new(a), len, &LocalTlb))
+    with_kernel(|k| k.munmap(VirtAddr::new(a), len, &Shootdown))
         .map_err(|e| alloc::format!("munmap: {e:?}"))?;
     // SAFETY: the probe catches the fault.
     let r = unsafe { probe::read_u64(a) };
@@ -550,20 +704,85 @@ fn demand_paging(_: &'static BootInfo) -> Outcome {
 fn mmap_failure(_: &'static BootInfo) -> Outcome {
     // More than the whole window: an error, not a panic.
     let too_big = VM_WINDOW.end - VM_WINDOW.start + 4096;
-    let r = osv_boot::arch::without_interrupts(|| {
-        kernel().lock().mmap(None, too_big, Flags::RW, Backing::Anon, &LocalTlb)
-    });
+    let r = with_kernel(|k| k.mmap(None, too_big, Flags::RW, Backing::Anon, &Shootdown));
     check!(matches!(r, Err(VmError::NoMemory)), "{r:?}");
-    let r = osv_boot::arch::without_interrupts(|| {
-        kernel().lock().mmap(None, 0, Flags::RW, Backing::Anon, &LocalTlb)
-    });
+    let r = with_kernel(|k| k.mmap(None, 0, Flags::RW, Backing::Anon, &Shootdown));
     check!(matches!(r, Err(VmError::Invalid)), "zero length: {r:?}");
     // And the address space still works.
-    let a = osv_boot::arch::without_interrupts(|| {
-        kernel().lock().mmap(None, 4096, Flags::RW, Backing::Anon, &LocalTlb)
-    })
-    .map_err(|e| alloc::format!("mmap after failures: {e:?}"))?;
-    osv_boot::arch::without_interrupts(|| kernel().lock().munmap(a, 4096, &LocalTlb))
-        .map_err(|e| alloc::format!("munmap: {e:?}"))?;
+    let a = with_kernel(|k| k.mmap(None, 4096, Flags::RW, Backing::Anon, &Shootdown))
+        .map_err(|e| alloc::format!("mmap after failures: {e:?}"))?;
+    with_kernel(|k| k.munmap(a, 4096, &Shootdown)).map_err(|e| alloc::format!("munmap: {e:?}"))?;
+    Ok(())
+}
+
+/// A page mapped and read on another CPU (its TLB caches the translation),
+/// then unmapped here: the other CPU's next read must fault. Under QEMU TCG
+/// each virtual CPU keeps its own software TLB, flushed only by its own
+/// `invlpg`/CR3 write, so without the shootdown the stale read succeeds
+/// (the control run below shows it).
+fn shootdown(boot: &'static BootInfo) -> Outcome {
+    use crate::threads::{self, Builder};
+    use alloc::sync::Arc;
+    use core::sync::atomic::AtomicU32;
+    use osv_boot::rt::probe::{self, Fault};
+    crate::sched_tests::smp_cpus(boot)?;
+    let other =
+        (0..MAX_CPUS).find(|&c| c != threads::cpu_index() && threads::cpu_online(c)).ok_or("no other CPU")?;
+    // step: 0 start, 1 the other CPU read the page, 2 unmapped, 3 done.
+    let run =
+        |flush: &'static (dyn TlbFlush + Sync)| -> Result<(u64, Result<u64, Fault>), alloc::string::String> {
+            let a = with_kernel(|k| k.mmap(None, 4096, Flags::RW, Backing::Anon, &Shootdown))
+                .map_err(|e| alloc::format!("mmap: {e:?}"))?
+                .as_u64();
+            // SAFETY: our fresh mapping; the fault handler fills it.
+            unsafe { (a as *mut u64).write_volatile(0x5eed_0001) };
+            let step = Arc::new(AtomicU32::new(0));
+            let out = Arc::new(spin::Mutex::new((0u64, Ok(0u64))));
+            let (s2, o2) = (step.clone(), out.clone());
+            let h = threads::spawn_with(Builder::new("tlb-reader").pin(other), move || {
+                // SAFETY: the probe catches faults.
+                let first = unsafe { probe::read_u64(a) }.unwrap_or(0);
+                s2.store(1, Release);
+                // Stay on this CPU, running, with the translation cached.
+                while s2.load(Acquire) != 2 {
+                    core::hint::spin_loop();
+                }
+                // SAFETY: as above.
+                let second = unsafe { probe::read_u64(a) };
+                *o2.lock() = (first, second);
+                s2.store(3, Release);
+            });
+            while step.load(Acquire) != 1 {
+                core::hint::spin_loop();
+            }
+            with_kernel(|k| k.munmap(VirtAddr::new(a), 4096, flush))
+                .map_err(|e| alloc::format!("munmap: {e:?}"))?;
+            step.store(2, Release);
+            h.join();
+            let r = *out.lock();
+            Ok(r)
+        };
+    static LOCAL: LocalTlb = LocalTlb;
+    static SHOOT: Shootdown = Shootdown;
+    let ipis0 = SHOOTDOWN_IPIS.load(Relaxed);
+    let (first, second) = run(&SHOOT)?;
+    let ipis = SHOOTDOWN_IPIS.load(Relaxed) - ipis0;
+    check!(first == 0x5eed_0001, "the other CPU read {first:#x} before the unmap");
+    check!(
+        matches!(second, Err(Fault::Page { code, .. }) if !code.present()),
+        "CPU {other} read the unmapped page: {second:?}"
+    );
+    check!(ipis >= 1, "no shootdown IPI was sent");
+    // Control: the same with this CPU's flush only.
+    let (_, stale) = run(&LOCAL)?;
+    // Leave no stale translation behind for later mappings of that range.
+    Shootdown.flush_all();
+    osv_boot::println!(
+        "  CPU {other}'s read after munmap with shootdown: {second:?} ({ipis} shootdown IPIs); with a local flush only: {}",
+        match stale {
+            Ok(v) => alloc::format!("read {v:#x} through its stale TLB entry"),
+            Err(f) => alloc::format!("{f:?}"),
+        }
+    );
     Ok(())
 }

@@ -22,12 +22,13 @@
 
 use crate::check;
 use crate::ktest::{NotPassed, Outcome, Test};
-use crate::virtio::{AnyTransport, HeapHal};
+use crate::virtio::{AnyTransport, HeapHal, Irq, IrqRoute, IrqWait};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use osv_boot::{println, BootInfo};
+use osv_virtio::irq::Wait;
 use osv_virtio::net::VirtIONet;
 use osv_virtio::{DeviceType, MmioTransport, PciTransport, VolatileMmio};
 use smoltcp::iface::{Config, Interface, SocketSet};
@@ -42,6 +43,7 @@ use smoltcp::wire::{
 pub static ALL: &[Test] = &[
     Test { name: "net::arp_and_ping_the_gateway", run: arp_and_ping },
     Test { name: "net::tcp_exchange_with_the_host", run: tcp_with_host },
+    Test { name: "net::ping_polling_vs_interrupts", run: ping_modes },
 ];
 
 /// QEMU user networking's default addressing (`-netdev user`: net
@@ -67,8 +69,12 @@ macro_rules! with_net {
     };
 }
 
-/// The device, driven from the first test that needs it.
-static NET: spin::Mutex<Option<(Net, String)>> = spin::Mutex::new(None);
+/// The device, driven from the first test that needs it, with its receive
+/// queue's interrupt if it could be routed (or why not).
+static NET: spin::Mutex<Option<(Net, String, RxIrq)>> = spin::Mutex::new(None);
+
+/// The receive queue's interrupt, or why there is none.
+type RxIrq = Result<Irq, &'static str>;
 
 fn now() -> Instant {
     Instant::from_micros((osv_boot::rt::now_ns() / 1000) as i64)
@@ -80,20 +86,35 @@ fn with_device<R>(
     boot: &'static BootInfo,
     f: impl FnOnce(&mut Net, &str) -> Result<R, NotPassed>,
 ) -> Result<R, NotPassed> {
+    with_device_irq(boot, |net, at, _| f(net, at))
+}
+
+/// [`with_device`] with the receive interrupt.
+fn with_device_irq<R>(
+    boot: &'static BootInfo,
+    f: impl FnOnce(&mut Net, &str, &RxIrq) -> Result<R, NotPassed>,
+) -> Result<R, NotPassed> {
     let mut slot = NET.lock();
     if slot.is_none() {
         let Some(found) = crate::virtio::take(DeviceType::Net) else {
             return Err(crate::tests::missing(boot, "virtio-net"));
         };
-        let net = match found.transport {
+        let mut net = match found.transport {
             AnyTransport::Mmio(t) => VirtIONet::new(&HeapHal, t).map(Net::Mmio),
             AnyTransport::Pci(t) => VirtIONet::new(&HeapHal, t).map(Net::Pci),
         }
         .map_err(|e| format!("virtio-net at {}: {e}", found.location))?;
-        *slot = Some((net, found.location));
+        // The receive queue (0) interrupts; the transmit queue is reclaimed
+        // when sending, so it needs none.
+        let irq = match (&mut net, found.irq) {
+            (Net::Pci(n), IrqRoute::Pci(dev)) => crate::virtio::route_pci(&dev, n.transport_mut(), 0),
+            (Net::Mmio(_), IrqRoute::Mmio { base, size, gsi }) => crate::virtio::route_mmio(base, size, gsi),
+            _ => Err("no interrupt line known"),
+        };
+        *slot = Some((net, found.location, irq));
     }
-    let Some((net, at)) = slot.as_mut() else { return Err("no device".into()) };
-    f(net, at)
+    let Some((net, at, irq)) = slot.as_mut() else { return Err("no device".into()) };
+    f(net, at, irq)
 }
 
 fn interface<D: Device>(dev: &mut D, mac: [u8; 6]) -> Interface {
@@ -188,7 +209,7 @@ fn arp_and_ping(boot: &'static BootInfo) -> Outcome {
 
         // ICMP echo through smoltcp.
         let before = with_net!(net, n => n.stats());
-        let (rtts, elapsed) = with_net!(net, n => ping(n, mac))?;
+        let (rtts, elapsed, _) = with_net!(net, n => ping(n, mac, &mut PingWait::Spin))?;
         let after = with_net!(net, n => n.stats());
         println!(
             "net: {PINGS} ICMP echo round trips to {GATEWAY} in {} us (median {} us); driver rx {} / tx {} packets, {} rx errors, {} resets",
@@ -204,9 +225,32 @@ fn arp_and_ping(boot: &'static BootInfo) -> Outcome {
     })
 }
 
+/// How the ping loop waits for a reply: spin (polling), or park until the
+/// receive queue's interrupt.
+enum PingWait<'a> {
+    Spin,
+    Irq(&'a mut IrqWait),
+}
+
+/// What the ping loop needs besides smoltcp's `Device`: whether a frame
+/// waits in the receive queue (checked after registering for the interrupt).
+trait RxPending {
+    fn rx_pending(&self) -> bool;
+}
+
+impl<H: osv_virtio::Hal, T: osv_virtio::Transport> RxPending for VirtIONet<H, T> {
+    fn rx_pending(&self) -> bool {
+        VirtIONet::rx_pending(self)
+    }
+}
+
 /// Sends [`PINGS`] echo requests one after the other; returns the sorted
-/// round-trip times (ns) and the total.
-fn ping<D: Device>(dev: &mut D, mac: [u8; 6]) -> Result<(Vec<u64>, u64), NotPassed> {
+/// round-trip times (ns), the total, and the nanoseconds spent parked.
+fn ping<D: Device + RxPending>(
+    dev: &mut D,
+    mac: [u8; 6],
+    wait: &mut PingWait<'_>,
+) -> Result<(Vec<u64>, u64, u64), NotPassed> {
     let mut iface = interface(dev, mac);
     let mut sockets = SocketSet::new(vec![]);
     let rx = icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 2048]);
@@ -223,6 +267,9 @@ fn ping<D: Device>(dev: &mut D, mac: [u8; 6]) -> Result<(Vec<u64>, u64), NotPass
     for seq in 0..PINGS {
         let start = osv_boot::rt::now_ns();
         let mut sent = false;
+        if let PingWait::Irq(w) = wait {
+            w.rearm();
+        }
         loop {
             iface.poll(now(), dev, &mut sockets);
             let s = sockets.get_mut::<icmp::Socket>(h);
@@ -251,13 +298,85 @@ fn ping<D: Device>(dev: &mut D, mac: [u8; 6]) -> Result<(Vec<u64>, u64), NotPass
                 waited < PING_TIMEOUT_MS * 1_000_000,
                 "no echo reply {seq} from {GATEWAY} in {PING_TIMEOUT_MS} ms (sent: {sent})"
             );
-            core::hint::spin_loop();
+            match wait {
+                PingWait::Spin => core::hint::spin_loop(),
+                PingWait::Irq(w) => {
+                    // Register, then look (no lost wakeup, osv_virtio::irq).
+                    w.prepare();
+                    if !dev.rx_pending() && !w.wait() {
+                        w.done();
+                        return Err(format!("echo reply {seq}: the receive interrupt never came").into());
+                    }
+                    w.done();
+                }
+            }
         }
         rtts.push(osv_boot::rt::now_ns() - start);
     }
     let total = osv_boot::rt::now_ns() - all;
     rtts.sort_unstable();
-    Ok((rtts, total))
+    let parked = match wait {
+        PingWait::Spin => 0,
+        PingWait::Irq(w) => w.parked_ns(),
+    };
+    Ok((rtts, total, parked))
+}
+
+/// The same ICMP echo round trips polled and then interrupt-driven, back to
+/// back: per round trip, all the guest's time (polling spins, so all of it
+/// is the guest's work) against the interrupt mode's time and its time
+/// without the parked spans (under `-icount`, instructions; the parked span
+/// also holds the switch to idle and back and the handler).
+fn ping_modes(boot: &'static BootInfo) -> Outcome {
+    crate::virtio::enable_thread_waits(boot).map_err(|e| format!("scheduler: {e}"))?;
+    // From a scheduler thread (interrupts enabled; the boot thread `main`
+    // runs the tests with them off), as an application would.
+    let t = crate::threads::spawn("net-ping", move || {
+        let r = ping_modes_thread(boot);
+        *PING_MODES.lock() = Some(r);
+    });
+    let _ = t.join();
+    PING_MODES.lock().take().unwrap_or_else(|| Err("the ping thread left no result".into()))
+}
+
+static PING_MODES: spin::Mutex<Option<Outcome>> = spin::Mutex::new(None);
+
+fn ping_modes_thread(boot: &'static BootInfo) -> Outcome {
+    with_device_irq(boot, |net, at, irq| {
+        let irq = irq.as_ref().map_err(|why| format!("virtio-net at {at}: no receive interrupt: {why}"))?;
+        check!(irq.ready(), "virtio-net at {at}: the interrupt route is not programmed");
+        let mac = with_net!(net, n => n.mac()).unwrap_or(FALLBACK_MAC);
+        with_net!(net, n => n.set_interrupts(false));
+        let irqs0 = irq.interrupts();
+        let (poll_rtts, poll_total, _) = with_net!(net, n => ping(n, mac, &mut PingWait::Spin))?;
+        let poll_irqs = irq.interrupts() - irqs0;
+        let mut w = irq.waiter();
+        with_net!(net, n => n.set_interrupts(true));
+        let irqs0 = irq.interrupts();
+        let r = with_net!(net, n => ping(n, mac, &mut PingWait::Irq(&mut w)));
+        with_net!(net, n => n.set_interrupts(false));
+        crate::virtio::quiesce_watchdog();
+        let (irq_rtts, irq_total, parked) = r?;
+        let irqs = irq.interrupts() - irqs0;
+        check!(poll_irqs == 0, "polling mode took {poll_irqs} interrupts");
+        // slirp often answers inside the transmit's notify, so a round trip
+        // may find its reply without parking; the receive interrupt comes
+        // all the same.
+        check!(irqs > 0, "interrupt mode: no receive interrupt ({} parks)", w.parks());
+        let n = u64::from(PINGS);
+        let unit =
+            if boot.cmdline.has_flag("icount") { "guest instructions" } else { "ns (TCG wall time, noisy)" };
+        println!(
+            "net: ICMP echo to {GATEWAY}, {PINGS} round trips per mode: polling {} {unit} per round trip (median {}); interrupts {} per round trip (median {}), {} without the parked time ({irqs} interrupts, {} parks)",
+            poll_total / n,
+            poll_rtts[poll_rtts.len() / 2],
+            irq_total / n,
+            irq_rtts[irq_rtts.len() / 2],
+            (irq_total - parked) / n,
+            w.parks(),
+        );
+        Ok(())
+    })
 }
 
 const TCP_TIMEOUT_MS: u64 = 20_000;

@@ -23,7 +23,217 @@ pub static ALL: &[Test] = &[
     Test { name: "sched::tickless_no_timer_interrupts", run: tickless },
     Test { name: "sched::rcu_readers_never_see_reclaimed", run: rcu_readers },
     Test { name: "sched::switch_and_mutex_costs", run: costs },
+    Test { name: "sched::smp_all_cpus_online", run: all_cpus_online },
+    Test { name: "sched::smp_mutex_condvar_ping_pong_across_cpus", run: smp_ping_pong },
+    Test { name: "sched::smp_threads_spread_across_cpus", run: spread },
+    Test { name: "sched::smp_idle_cpus_take_no_timer_interrupts", run: idle_cpus_tickless },
+    Test { name: "sched::smp_cross_cpu_wakeup_latency_and_ipis", run: cross_cpu_wakeup },
 ];
+
+/// The CPUs online for an SMP test: fails if the runner said how many it
+/// gave QEMU (`cpus=N`) and a different number came up; skips on one CPU
+/// when the runner did not ask for more.
+pub fn smp_cpus(boot: &'static BootInfo) -> Result<usize, NotPassed> {
+    init()?;
+    let online = threads::online_cpus();
+    if let Some(want) = boot.cmdline.value("cpus") {
+        let want: usize = want.parse().map_err(|_| format!("bad cpus={want}"))?;
+        if online != want {
+            return Err(NotPassed::Failed(format!("{online} CPUs online, the runner gave {want}")));
+        }
+    }
+    if online < 2 {
+        return Err(NotPassed::Skipped("one CPU online (run with -smp N and cpus=N)".into()));
+    }
+    Ok(online)
+}
+
+/// The online CPUs' indices.
+fn online_list() -> Vec<usize> {
+    (0..threads::MAX_CPUS).filter(|&i| threads::cpu_online(i)).collect()
+}
+
+fn all_cpus_online(boot: &'static BootInfo) -> Outcome {
+    let n = smp_cpus(boot)?;
+    let list = online_list();
+    check!(list.len() == n && list[0] == 0, "{list:?}");
+    // Every online CPU runs threads: one pinned to each reports its CPU.
+    let seen: Vec<_> = list
+        .iter()
+        .map(|&c| {
+            let h = threads::spawn_with(Builder::new(&format!("hello-{c}")).pin(c), move || {
+                let here = threads::cpu_index();
+                assert_eq!(here, c, "a thread pinned to CPU {c} ran on {here}");
+            });
+            (c, h)
+        })
+        .collect();
+    for (_, h) in seen {
+        h.join();
+    }
+    println!("  {n} CPUs online: {list:?}");
+    Ok(())
+}
+
+fn smp_ping_pong(boot: &'static BootInfo) -> Outcome {
+    let n = smp_cpus(boot)?;
+    let cpus = online_list();
+    const THREADS: u64 = 8;
+    const ROUNDS: u64 = 300;
+    let shared: Arc<(Mutex<u64>, Condvar)> = Arc::new((Mutex::new(0), Condvar::new()));
+    let misplaced = Arc::new(AtomicU64::new(0));
+    let ipis0: u64 = cpus.iter().map(|&c| threads::cpu_stats(c).ipis_received).sum();
+    let hs: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let (shared, misplaced) = (shared.clone(), misplaced.clone());
+            let cpu = cpus[i as usize % n];
+            threads::spawn_with(Builder::new(&format!("xping-{i}")).pin(cpu), move || {
+                let (m, cv) = &*shared;
+                for _ in 0..ROUNDS {
+                    let mut g = cv.wait_while(m.lock(), |v| *v % THREADS != i);
+                    if threads::cpu_index() != cpu {
+                        misplaced.fetch_add(1, Ordering::Relaxed);
+                    }
+                    *g += 1;
+                    drop(g);
+                    cv.notify_all();
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join();
+    }
+    let count = *shared.0.lock();
+    let ipis: u64 = cpus.iter().map(|&c| threads::cpu_stats(c).ipis_received).sum::<u64>() - ipis0;
+    println!(
+        "  {THREADS} threads pinned over {n} CPUs x {ROUNDS} rounds: count {count}, {ipis} wakeup IPIs taken"
+    );
+    check!(count == THREADS * ROUNDS, "count {count}, expected {}", THREADS * ROUNDS);
+    check!(misplaced.load(Ordering::Relaxed) == 0, "a pinned thread ran on another CPU");
+    // Each turn passes to a thread on another CPU, which is usually idle.
+    check!(ipis > 0, "no wakeup IPI in {} cross-CPU handoffs", THREADS * ROUNDS);
+    Ok(())
+}
+
+fn spread(boot: &'static BootInfo) -> Outcome {
+    let n = smp_cpus(boot)?;
+    let threads_n = 2 * n;
+    let per_cpu: Arc<Vec<AtomicU64>> = Arc::new((0..threads::MAX_CPUS).map(|_| AtomicU64::new(0)).collect());
+    let m0 = threads::migrations();
+    // Every thread is CPU-bound from its start (spinning until `go`), so
+    // each placement sees the load of the ones before it; spawning under
+    // TCG with four virtual CPUs can take longer than a thread's run, so
+    // the measured 50 ms start together.
+    let go = Arc::new(AtomicBool::new(false));
+    let hs: Vec<_> = (0..threads_n)
+        .map(|i| {
+            let (per_cpu, go) = (per_cpu.clone(), go.clone());
+            threads::spawn(&format!("load-{i}"), move || {
+                while !go.load(Ordering::Acquire) {
+                    core::hint::spin_loop();
+                }
+                // Sample the CPU every few microseconds.
+                let end = threads::now() + Nanos::from_millis(50);
+                while threads::now() < end {
+                    per_cpu[threads::cpu_index()].fetch_add(1, Ordering::Relaxed);
+                    spin_until(threads::now() + Nanos::from_micros(5));
+                }
+            })
+        })
+        .collect();
+    go.store(true, Ordering::Release);
+    let placed: Vec<usize> = hs.iter().map(|h| h.thread().cpu()).collect();
+    for h in hs {
+        h.join();
+    }
+    println!("  placed on CPUs {placed:?}");
+    let counts: Vec<u64> = per_cpu.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let list = online_list();
+    println!(
+        "  {threads_n} CPU-bound threads, 50 ms each: samples per CPU {:?}, {} placements on another CPU",
+        &counts[..list.last().map_or(1, |l| l + 1)],
+        threads::migrations() - m0
+    );
+    for &c in &list {
+        check!(counts[c] > 0, "CPU {c} ran none of the load: {counts:?}");
+    }
+    Ok(())
+}
+
+fn idle_cpus_tickless(boot: &'static BootInfo) -> Outcome {
+    let _ = smp_cpus(boot)?;
+    let list = online_list();
+    // Let the other CPUs settle into their idle loops.
+    threads::sleep(Nanos::from_millis(5));
+    let before: Vec<_> = list.iter().map(|&c| threads::cpu_stats(c)).collect();
+    let t0 = threads::now();
+    threads::sleep(Nanos::from_millis(100));
+    let ms = (threads::now() - t0).0 / 1_000_000;
+    let after: Vec<_> = list.iter().map(|&c| threads::cpu_stats(c)).collect();
+    let deltas: Vec<u64> = before.iter().zip(&after).map(|(b, a)| a.timer_irqs - b.timer_irqs).collect();
+    let spurious: u64 = before.iter().zip(&after).map(|(b, a)| a.timer_spurious - b.timer_spurious).sum();
+    println!("  {ms} ms with CPU 0 asleep and the others idle: timer interrupts per CPU {deltas:?} (CPUs {list:?}), {spurious} with nothing armed");
+    for (i, &c) in list.iter().enumerate().skip(1) {
+        check!(deltas[i] == 0, "idle CPU {c} took {} timer interrupts", deltas[i]);
+    }
+    check!(spurious == 0, "{spurious} timer interrupts with nothing armed");
+    check!(deltas[0] >= 1, "CPU 0's sleep ended without its timer");
+    Ok(())
+}
+
+/// Round trips of a token between main (CPU 0) and a partner pinned to
+/// `cpu`; returns (TSC ticks from the wake to the woken partner running,
+/// summed; wakeup IPIs the partner's CPU took).
+fn wake_round_trips(cpu: usize, n: u64) -> (u64, u64) {
+    let main = threads::current().unparker();
+    let total = Arc::new(AtomicU64::new(0));
+    let t = total.clone();
+    let partner = threads::spawn_with(Builder::new("wake-partner").pin(cpu), move || {
+        for _ in 0..n {
+            let before = threads::current().woken_tsc();
+            KernelPark::park();
+            let ran = arch::rdtsc();
+            let woken = threads::current().woken_tsc();
+            if woken != before {
+                t.fetch_add(ran.saturating_sub(woken), Ordering::Relaxed);
+            }
+            main.unpark();
+        }
+    });
+    let p = partner.thread().unparker();
+    let ipi0 = threads::cpu_stats(cpu).ipis_received;
+    for _ in 0..n {
+        // Wait until the partner is parked, so every wakeup finds it asleep.
+        while partner.thread().state() != osv_sched::wait::State::Waiting {
+            core::hint::spin_loop();
+        }
+        p.unpark();
+        KernelPark::park();
+    }
+    let ipis = threads::cpu_stats(cpu).ipis_received - ipi0;
+    partner.join();
+    (total.load(Ordering::Relaxed), ipis)
+}
+
+fn cross_cpu_wakeup(boot: &'static BootInfo) -> Outcome {
+    let _ = smp_cpus(boot)?;
+    let other = online_list().into_iter().find(|&c| c != threads::cpu_index()).ok_or("no other CPU")?;
+    const N: u64 = 200;
+    let (same, same_ipis) = wake_round_trips(threads::cpu_index(), N);
+    let (cross, cross_ipis) = wake_round_trips(other, N);
+    let ns = |t: u64| boot.tsc.ticks_to_ns(t) / N;
+    println!(
+        "  wake -> running, same CPU: {} ns ({same_ipis} IPIs); CPU 0 -> CPU {other}: {} ns ({cross_ipis} IPIs, {:.1}x)",
+        ns(same),
+        ns(cross),
+        ns(cross) as f64 / ns(same).max(1) as f64
+    );
+    check!(same_ipis == 0, "{same_ipis} IPIs for same-CPU wakeups");
+    // The partner's CPU halts between round trips: every wakeup needs one.
+    check!(cross_ipis >= N, "{cross_ipis} IPIs for {N} wakeups of a parked thread on an idle CPU");
+    Ok(())
+}
 
 fn init() -> Result<(), NotPassed> {
     match threads::init() {
@@ -51,9 +261,11 @@ fn start_join(_: &'static BootInfo) -> Outcome {
             let sum = sum.clone();
             threads::spawn(&format!("worker-{i}"), move || {
                 check_name(i);
-                // Some CPU time to account.
-                let end = threads::now() + Nanos::from_millis(2);
-                spin_until(end);
+                // 2 ms of CPU time to account (not 2 ms of clock time: the
+                // workers share a CPU on -smp 1 and preempt each other).
+                while threads::Thread::cpu_time_now() < Nanos::from_millis(2) {
+                    core::hint::spin_loop();
+                }
                 sum.fetch_add(i + 1, Ordering::Relaxed);
             })
         })
@@ -80,7 +292,7 @@ fn ping_pong(_: &'static BootInfo) -> Outcome {
     const THREADS: u64 = 4;
     const ROUNDS: u64 = 500;
     let shared: Arc<(Mutex<u64>, Condvar)> = Arc::new((Mutex::new(0), Condvar::new()));
-    let before = threads::switches();
+    let before = threads::switches_all();
     let hs: Vec<_> = (0..THREADS)
         .map(|i| {
             let shared = shared.clone();
@@ -99,7 +311,7 @@ fn ping_pong(_: &'static BootInfo) -> Outcome {
         h.join();
     }
     let n = *shared.0.lock();
-    let switches = threads::switches() - before;
+    let switches = threads::switches_all() - before;
     println!("  {THREADS} threads x {ROUNDS} rounds: count {n}, {switches} context switches");
     check!(n == THREADS * ROUNDS, "count {n}, expected {}", THREADS * ROUNDS);
     // Each increment hands the turn to another thread, which must run.
@@ -189,7 +401,7 @@ fn weights(_: &'static BootInfo) -> Outcome {
         let used = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
         let u = used.clone();
         let h = threads::spawn_with(
-            Builder { name, weight: Weight::new(w).unwrap_or(Weight::NORMAL) },
+            Builder::new(name).weight(Weight::new(w).unwrap_or(Weight::NORMAL)).pin(threads::cpu_index()),
             move || {
                 spin_until(start);
                 let c0 = threads::Thread::cpu_time_now();
@@ -229,7 +441,8 @@ fn no_starvation(boot: &'static BootInfo) -> Outcome {
     let spins = Arc::new(AtomicU64::new(0));
     let hog = {
         let (stop, spins) = (stop.clone(), spins.clone());
-        threads::spawn("hog", move || {
+        // Both on this CPU: the test is about one CPU's fairness.
+        threads::spawn_with(Builder::new("hog").pin(threads::cpu_index()), move || {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
@@ -241,7 +454,7 @@ fn no_starvation(boot: &'static BootInfo) -> Outcome {
     let lat = Arc::new(spin::Mutex::new(Vec::new()));
     let inter = {
         let (stop, lat) = (stop.clone(), lat.clone());
-        threads::spawn("interactive", move || {
+        threads::spawn_with(Builder::new("interactive").pin(threads::cpu_index()), move || {
             for _ in 0..30 {
                 let deadline = threads::now() + Nanos::from_millis(3);
                 let before = threads::current().woken_tsc();
@@ -318,7 +531,8 @@ fn tickless(_: &'static BootInfo) -> Outcome {
     let counted = Arc::new(AtomicU64::new(u64::MAX));
     let c = counted.clone();
     let main = threads::current() as *const threads::Thread as usize;
-    let h = threads::spawn("alone", move || {
+    // On this CPU, whose interrupts it counts.
+    let h = threads::spawn_with(Builder::new("alone").pin(threads::cpu_index()), move || {
         // Wait until main blocks in `join`, then for any interrupt already
         // raised before the timer was disarmed to be delivered.
         // SAFETY: main outlives this thread (it joins it).
@@ -362,7 +576,8 @@ fn costs(boot: &'static BootInfo) -> Outcome {
     // Switch: main and a partner hand a token back and forth through
     // park/unpark, so every round is two blocking switches.
     let main = threads::current().unparker();
-    let partner = threads::spawn("partner", move || {
+    // Same CPU: a switch, not a cross-CPU wakeup (measured separately).
+    let partner = threads::spawn_with(Builder::new("partner").pin(threads::cpu_index()), move || {
         for _ in 0..N {
             KernelPark::park();
             main.unpark();
@@ -406,14 +621,17 @@ fn costs(boot: &'static BootInfo) -> Outcome {
     let hs: Vec<_> = (0..2)
         .map(|i| {
             let m = shared.clone();
-            threads::spawn(&format!("contender-{i}"), move || {
-                for _ in 0..N {
-                    let mut g = m.lock();
-                    *g += 1;
-                    threads::yield_now();
-                    drop(g);
-                }
-            })
+            threads::spawn_with(
+                Builder::new(&format!("contender-{i}")).pin(threads::cpu_index()),
+                move || {
+                    for _ in 0..N {
+                        let mut g = m.lock();
+                        *g += 1;
+                        threads::yield_now();
+                        drop(g);
+                    }
+                },
+            )
         })
         .collect();
     for h in hs {

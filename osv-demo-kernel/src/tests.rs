@@ -18,8 +18,8 @@ pub static SUITES: &[&[Test]] = &[
     ALL,
     crate::mm::ALL,
     crate::zfs::ALL,
-    crate::blk_bench::ALL,
     crate::sched_tests::ALL,
+    crate::blk_bench::ALL,
     crate::net::ALL,
     crate::virtiofs::ALL,
 ];

@@ -15,6 +15,18 @@
 //!   with one thread and no sleepers, or an idle one, takes no timer
 //!   interrupts; the idle thread halts.
 //!
+//! SMP: every CPU the ACPI MADT lists (up to [`MAX_CPUS`]) is started by
+//! [`start_aps`] (osv-boot's INIT-SIPI-SIPI) and runs its own `CpuSched`,
+//! timer and idle thread. A thread belongs to one CPU (`Thread::cpu`); a
+//! wakeup from another CPU goes through osv-sched's lock-free
+//! (source, destination) rings, with a wakeup IPI only when the crate says
+//! `Ipi::Needed`. Placement and balancing (documented on [`queue_woken`]):
+//! a thread that is started, or woken while fully off its CPU, goes to its
+//! own CPU unless that one is busy and another online CPU is less loaded;
+//! a running or runnable thread is never moved (no cross-CPU run-queue
+//! access, so each run queue keeps "interrupts off on its own CPU" as its
+//! only lock). [`Builder::pin`] fixes a thread to one CPU.
+//!
 //! Locking: a CPU's scheduler state is touched only on that CPU with
 //! interrupts off. Preemption: the timer interrupt reschedules before it
 //! returns (the interrupted thread's trap frame stays on its own interrupt
@@ -23,18 +35,16 @@
 //! never preempted while it is marked waiting (the count is raised around
 //! every park, as OSv's `prepare_wait`), so a wakeup cannot be lost.
 //!
-//! One CPU for now (`MAX_CPUS`); the per-CPU state and the wakeup rings are
-//! already indexed by CPU for SMP.
 
 use crate::mm::{GuardedStack, StackError};
 use alloc::boxed::Box;
 use alloc::string::String;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
-use osv_boot::arch;
 use osv_boot::rt::context::{self, Context};
 use osv_boot::rt::timer::{OneShot, TimerMode};
 use osv_boot::trap::TrapFrame;
+use osv_boot::{arch, println, BootInfo};
 use osv_sched::cpu::CpuSched;
 use osv_sched::fair::{FairParams, Runtime, Weight};
 use osv_sched::hal::{ContextSwitch, OneShotTimer};
@@ -42,7 +52,7 @@ use osv_sched::park::{Park, Unpark};
 use osv_sched::rcu::{DeferQueue, GracePeriod, Rcu, ReadGuard, Retired};
 use osv_sched::time::{Instant, Nanos};
 use osv_sched::wait::{Block, Parker, State, WaitState};
-use osv_sched::wakeup::{ThreadId, WakeupMatrix};
+use osv_sched::wakeup::{Ipi, ThreadId, WakeupMatrix};
 use osv_sched::CpuId;
 
 /// The x86_64 switch, as osv-sched's architecture trait.
@@ -72,12 +82,17 @@ unsafe impl ContextSwitch for X86Switch {
     }
 }
 
-/// CPUs the scheduler runs on.
-pub const MAX_CPUS: usize = 1;
+/// CPUs the scheduler can run on (the ones ACPI lists, up to this many).
+pub const MAX_CPUS: usize = 8;
+const _: () = assert!(MAX_CPUS <= osv_boot::rt::smp::MAX_CPUS);
 /// Slots of each (source, destination) wakeup ring.
-const RING_CAP: usize = 256;
+const RING_CAP: usize = 64;
 /// The scheduler's timer vector (the in-kernel LAPIC tests use 0x40).
 pub const SCHED_TIMER_VECTOR: u8 = 0x30;
+/// The cross-CPU wakeup IPI.
+pub const WAKEUP_VECTOR: u8 = 0x31;
+/// Bytes of each of a CPU's exception IST stacks (IST1-3).
+const IST_SIZE: usize = 32 * 1024;
 /// Bytes of a thread's stack, and of its interrupt stack.
 const STACK_SIZE: usize = 64 * 1024;
 const IRQ_STACK_SIZE: usize = 16 * 1024;
@@ -106,7 +121,16 @@ pub struct Thread {
     /// Set by the CPU once a terminated thread's context is no longer used.
     off_cpu: AtomicBool,
     joiner: AtomicPtr<Thread>,
+    /// The CPU whose run queue, timers and wakeup rings hold the thread.
     cpu: AtomicU32,
+    /// Pinned to `cpu`: never placed elsewhere.
+    pinned: bool,
+    /// Running on a CPU or not yet fully switched away from it (its
+    /// context is not saved): it must not be placed on another CPU.
+    on_cpu: AtomicBool,
+    /// A timer of `cpu`'s list may hold the thread (`sleep_until`): it
+    /// stays on `cpu` until the timer is cancelled.
+    timer_pending: AtomicBool,
 }
 
 // SAFETY: the `UnsafeCell` fields are touched only under the rules written
@@ -117,7 +141,7 @@ unsafe impl Sync for Thread {}
 unsafe impl Send for Thread {}
 
 impl Thread {
-    fn new(name: &str, weight: Weight, stacks: bool) -> Result<Box<Thread>, StackError> {
+    fn new(name: &str, weight: Weight, stacks: bool, pin: Option<usize>) -> Result<Box<Thread>, StackError> {
         let (stack, irq_stack, irq_top) = if stacks {
             let s = GuardedStack::new(STACK_SIZE, name)?;
             let i = GuardedStack::new(IRQ_STACK_SIZE, &alloc::format!("{name} (interrupts)"))?;
@@ -142,7 +166,10 @@ impl Thread {
             done: AtomicBool::new(false),
             off_cpu: AtomicBool::new(false),
             joiner: AtomicPtr::new(core::ptr::null_mut()),
-            cpu: AtomicU32::new(0),
+            cpu: AtomicU32::new(pin.unwrap_or(0) as u32),
+            pinned: pin.is_some(),
+            on_cpu: AtomicBool::new(false),
+            timer_pending: AtomicBool::new(false),
         }))
     }
 
@@ -183,6 +210,11 @@ impl Thread {
         })
     }
 
+    /// The CPU the thread belongs to (where it runs or will run next).
+    pub fn cpu(&self) -> usize {
+        self.cpu.load(Ordering::Relaxed) as usize
+    }
+
     /// The TSC when the thread was last woken (claimed by a waker or its
     /// timer), to measure how long the scheduler took to run it.
     pub fn woken_tsc(&self) -> u64 {
@@ -202,12 +234,26 @@ struct Cpu {
     id: CpuId,
     /// Touched only on this CPU with interrupts off.
     sched: UnsafeCell<CpuSched<ThreadId>>,
-    timer: UnsafeCell<OneShot>,
+    /// Made on the CPU itself when it starts (its own local APIC).
+    timer: UnsafeCell<Option<OneShot>>,
+    apic_id: AtomicU32,
+    /// Running its scheduler.
+    online: AtomicBool,
+    /// Threads that belong here and are queued, running or on their way
+    /// (not the idle thread): +1 when [`place`] puts a woken or new thread
+    /// here, -1 when one blocks or ends here (or, woken while still
+    /// running, was counted twice).
+    load: AtomicU32,
+    ipis_sent: AtomicU64,
+    ipis_received: AtomicU64,
     armed: UnsafeCell<Option<Instant>>,
     current: AtomicPtr<Thread>,
     idle: AtomicPtr<Thread>,
     /// A terminated thread this CPU just switched away from.
     exited: AtomicPtr<Thread>,
+    /// The thread this CPU just switched away from (its `on_cpu` is cleared
+    /// by whatever runs next, once its context is saved).
+    prev: AtomicPtr<Thread>,
     need_resched: AtomicBool,
     /// This CPU is in RCU's extended quiescent state (idle).
     rcu_idle: AtomicBool,
@@ -224,6 +270,8 @@ struct Sched {
     cpus: [Cpu; MAX_CPUS],
     wakeups: WakeupMatrix<MAX_CPUS, RING_CAP>,
     clock: osv_boot::time::TscClock,
+    /// Thread placements that chose another CPU than the thread's own.
+    migrations: AtomicU64,
 }
 
 // SAFETY: each CPU's `UnsafeCell`s are touched only by that CPU with
@@ -246,8 +294,26 @@ fn sched() -> &'static Sched {
     SCHED.get().expect("threads::init not called")
 }
 
+/// The CPU this runs on. Call with interrupts off (or preemption
+/// disabled), or the answer may be stale by the time it is used.
 fn this_cpu() -> &'static Cpu {
-    &sched().cpus[0]
+    &sched().cpus[osv_boot::rt::smp::cpu_index()]
+}
+
+/// The index of the CPU this runs on (stable only while the caller cannot
+/// migrate; a thread can only migrate while blocked, see [`queue_woken`]).
+pub fn cpu_index() -> usize {
+    osv_boot::rt::smp::cpu_index()
+}
+
+/// CPUs running the scheduler.
+pub fn online_cpus() -> usize {
+    SCHED.get().map_or(1, |s| s.cpus.iter().filter(|c| c.online.load(Ordering::Acquire)).count())
+}
+
+/// Whether CPU `i` runs the scheduler.
+pub fn cpu_online(i: usize) -> bool {
+    SCHED.get().is_some_and(|s| s.cpus.get(i).is_some_and(|c| c.online.load(Ordering::Acquire)))
 }
 
 /// Now on the scheduler's clock (ns of TSC since reset).
@@ -256,33 +322,69 @@ pub fn now() -> Instant {
 }
 
 /// The scheduler's timer hardware as osv-sched's `OneShotTimer`.
-struct Hw<'a>(&'a mut OneShot, osv_boot::time::TscClock);
+struct Hw<'a>(&'a mut Option<OneShot>, osv_boot::time::TscClock);
 
 impl OneShotTimer for Hw<'_> {
     fn arm(&mut self, deadline: Option<Instant>) {
-        self.0.arm(deadline.map(|d| self.1.ns_to_ticks(d.as_nanos())));
+        if let Some(t) = self.0.as_mut() {
+            t.arm(deadline.map(|d| self.1.ns_to_ticks(d.as_nanos())));
+        }
+    }
+}
+
+fn new_cpu(i: usize, t0: Instant) -> Cpu {
+    Cpu {
+        id: CpuId::new(i as u32),
+        sched: UnsafeCell::new(CpuSched::new(CpuId::new(i as u32), FairParams::default(), t0)),
+        timer: UnsafeCell::new(None),
+        apic_id: AtomicU32::new(0),
+        online: AtomicBool::new(false),
+        load: AtomicU32::new(0),
+        ipis_sent: AtomicU64::new(0),
+        ipis_received: AtomicU64::new(0),
+        armed: UnsafeCell::new(None),
+        current: AtomicPtr::new(core::ptr::null_mut()),
+        idle: AtomicPtr::new(core::ptr::null_mut()),
+        exited: AtomicPtr::new(core::ptr::null_mut()),
+        prev: AtomicPtr::new(core::ptr::null_mut()),
+        need_resched: AtomicBool::new(false),
+        rcu_idle: AtomicBool::new(false),
+        timer_irqs: AtomicU64::new(0),
+        timer_spurious: AtomicU64::new(0),
+        timer_early: AtomicU64::new(0),
+        switches: AtomicU64::new(0),
     }
 }
 
 /// Starts the scheduler on the boot CPU: the running code becomes the thread
-/// `main`. Idempotent. Returns the timer mode in use.
+/// `main` (pinned to CPU 0). Idempotent. Returns the timer mode in use.
 pub fn init() -> Result<TimerMode, &'static str> {
     if let Some(s) = SCHED.get() {
         // SAFETY: read-only look at the mode, which never changes.
-        return Ok(unsafe { &*s.cpus[0].timer.get() }.mode());
+        return unsafe { &*s.cpus[0].timer.get() }.as_ref().map(OneShot::mode).ok_or("no timer");
     }
     let timer = OneShot::new(SCHED_TIMER_VECTOR).ok_or("no local APIC timer")?;
     let mode = timer.mode();
-    if !osv_boot::rt::trap::set_handler(SCHED_TIMER_VECTOR, on_timer) {
-        return Err("cannot install the timer handler");
+    if !osv_boot::rt::trap::set_handler(SCHED_TIMER_VECTOR, on_timer)
+        || !osv_boot::rt::trap::set_handler(WAKEUP_VECTOR, on_wakeup_ipi)
+    {
+        return Err("cannot install the scheduler's interrupt handlers");
     }
     let clock = osv_boot::rt::clock();
     let t0 = Instant(clock.ticks_to_ns(arch::rdtsc()));
-    let main = Box::into_raw(
-        Thread::new("main", Weight::NORMAL, false).map_err(|_| "no memory for the main thread")?,
-    );
+    let mut main =
+        Thread::new("main", Weight::NORMAL, false, Some(0)).map_err(|_| "no memory for the main thread")?;
+    // main's interrupt stack, and the boot CPU's exception stacks, above
+    // guard pages (osv-boot's static boot stacks have none).
+    let irq =
+        GuardedStack::new(IRQ_STACK_SIZE, "main (interrupts)").map_err(|_| "no memory for main's stacks")?;
+    main.irq_top = irq.top() & !15;
+    main._irq_stack = Some(irq);
+    let ist = ist_stacks(0).map_err(|_| "no memory for the exception stacks")?;
+    let main = Box::into_raw(main);
     let idle = Box::into_raw(
-        Thread::new("idle", Weight::NORMAL, true).map_err(|_| "no memory for the idle thread's stacks")?,
+        Thread::new("idle-0", Weight::NORMAL, true, Some(0))
+            .map_err(|_| "no memory for the idle thread's stacks")?,
     );
     // SAFETY: just allocated, not shared yet.
     unsafe {
@@ -291,41 +393,153 @@ pub fn init() -> Result<TimerMode, &'static str> {
     }
     arch::without_interrupts(|| {
         SCHED.call_once(|| Sched {
-            cpus: [Cpu {
-                id: CpuId::new(0),
-                sched: UnsafeCell::new(CpuSched::new(CpuId::new(0), FairParams::default(), t0)),
-                timer: UnsafeCell::new(timer),
-                armed: UnsafeCell::new(None),
-                current: AtomicPtr::new(main),
-                idle: AtomicPtr::new(idle),
-                exited: AtomicPtr::new(core::ptr::null_mut()),
-                need_resched: AtomicBool::new(false),
-                rcu_idle: AtomicBool::new(false),
-                timer_irqs: AtomicU64::new(0),
-                timer_spurious: AtomicU64::new(0),
-                timer_early: AtomicU64::new(0),
-                switches: AtomicU64::new(0),
-            }],
+            cpus: core::array::from_fn(|i| new_cpu(i, t0)),
             wakeups: WakeupMatrix::new(),
             clock,
+            migrations: AtomicU64::new(0),
         });
-        let cpu = this_cpu();
-        // SAFETY: interrupts are off; this CPU's state.
+        let sc = sched();
+        // CPUs that are not (yet) running are in RCU's extended quiescent
+        // state, so no grace period waits for them.
+        for c in &sc.cpus[1..] {
+            c.rcu_idle.store(true, Ordering::Relaxed);
+            rcu().enter_idle(c.id);
+        }
+        let cpu = &sc.cpus[0];
+        // SAFETY: interrupts are off; CPU 0's state, on CPU 0.
+        unsafe { *cpu.timer.get() = Some(timer) };
+        cpu.apic_id.store(osv_boot::rt::lapic().map_or(0, |l| l.id()), Ordering::Relaxed);
+        cpu.current.store(main, Ordering::Relaxed);
+        cpu.idle.store(idle, Ordering::Relaxed);
+        osv_boot::rt::smp::set_cpu_word(main as u64);
+        // SAFETY: interrupts are off; the stacks live for the kernel's life
+        // (leaked in `ist_stacks`), and `main`'s interrupt stack lives as
+        // long as `main`, which is never freed.
+        unsafe {
+            for (n, top) in ist.iter().enumerate() {
+                osv_boot::rt::set_ist(n + 1, *top);
+            }
+            osv_boot::rt::set_irq_stack((*main).irq_top);
+        }
+        // SAFETY: this CPU's scheduler, interrupts off.
         let s = unsafe { &mut *cpu.sched.get() };
         // SAFETY: `main` is live (leaked above).
         let m = unsafe { &*main };
         m.switched_in.store(arch::rdtsc(), Ordering::Relaxed);
+        m.on_cpu.store(true, Ordering::Relaxed);
         let _ = s.spawn(t0, Runtime::new(Weight::NORMAL), m.id());
         let r = s.reschedule(t0, false);
         debug_assert_eq!(r.next, Some(m.id()));
+        cpu.load.store(1, Ordering::Relaxed);
+        cpu.online.store(true, Ordering::Release);
     });
     Ok(mode)
 }
 
+/// Guard-paged exception stacks (IST1-3) for CPU `cpu`, kept for the
+/// kernel's life.
+fn ist_stacks(cpu: usize) -> Result<[u64; 3], StackError> {
+    let mut tops = [0u64; 3];
+    for (n, top) in tops.iter_mut().enumerate() {
+        let s = GuardedStack::new(IST_SIZE, &alloc::format!("cpu{cpu} IST{}", n + 1))?;
+        *top = s.top() & !15;
+        core::mem::forget(s);
+    }
+    Ok(tops)
+}
+
+/// Starts every other CPU the ACPI MADT lists (after [`init`]); returns how
+/// many CPUs run the scheduler. A CPU that does not answer is reported and
+/// skipped.
+pub fn start_aps(boot: &BootInfo) -> usize {
+    if init().is_err() {
+        return 1;
+    }
+    let mut ids = [0u32; osv_boot::rt::smp::MAX_CPUS];
+    let n = match osv_boot::rt::smp::cpu_apic_ids(&boot.start_info, &mut ids) {
+        Ok(n) => n,
+        Err(e) => {
+            println!("smp: no CPU list ({e}): running on the boot CPU only");
+            return 1;
+        }
+    };
+    let sc = sched();
+    let t0 = arch::rdtsc();
+    let bsp = sc.cpus[0].apic_id.load(Ordering::Relaxed);
+    let mut index = 1;
+    for &id in ids[..n].iter().filter(|&&id| id != bsp) {
+        if index >= MAX_CPUS {
+            println!("smp: CPU with APIC id {id} is beyond MAX_CPUS = {MAX_CPUS}: not started");
+            continue;
+        }
+        match start_one(index, id) {
+            Ok(()) => {}
+            Err(e) => println!("smp: CPU {index} (APIC id {id}) did not start: {e}; skipped"),
+        }
+        // A failed index is not reused: a late AP must not take the next
+        // one's place.
+        index += 1;
+    }
+    let online = online_cpus();
+    println!(
+        "smp: {online} CPU(s) online of {n} listed by ACPI, bring-up {} us",
+        sc.clock.ticks_to_us(arch::rdtsc().wrapping_sub(t0))
+    );
+    online
+}
+
+fn start_one(index: usize, apic_id: u32) -> Result<(), alloc::string::String> {
+    let sc = sched();
+    let cpu = &sc.cpus[index];
+    let idle = Thread::new(&alloc::format!("idle-{index}"), Weight::NORMAL, true, Some(index))
+        .map_err(|e| alloc::format!("idle thread: {e:?}"))?;
+    let ist = ist_stacks(index).map_err(|e| alloc::format!("exception stacks: {e:?}"))?;
+    let stack_top = idle.stack_top() as u64;
+    let irq_top = idle.irq_top;
+    let idle = Box::into_raw(idle);
+    cpu.apic_id.store(apic_id, Ordering::Relaxed);
+    cpu.idle.store(idle, Ordering::Relaxed);
+    cpu.current.store(idle, Ordering::Relaxed);
+    let cfg = osv_boot::rt::smp::ApConfig {
+        stack_top,
+        ist: [ist[0], ist[1], ist[2], irq_top],
+        entry: ap_entry,
+        arg: index,
+    };
+    osv_boot::rt::smp::start_ap(index, apic_id, &cfg).map_err(|e| alloc::format!("{e:?}"))?;
+    // The AP marks itself online once its timer is set up.
+    let t0 = arch::rdtsc();
+    let limit = sc.clock.ns_to_ticks(osv_boot::rt::smp::AP_TIMEOUT_NS);
+    while !cpu.online.load(Ordering::Acquire) {
+        if arch::rdtsc().wrapping_sub(t0) > limit {
+            return Err("started, but its scheduler did not come up".into());
+        }
+        core::hint::spin_loop();
+    }
+    Ok(())
+}
+
+/// First code of an AP in the kernel: on its idle thread's stack, with
+/// interrupts off.
+extern "C" fn ap_entry(index: usize) -> ! {
+    let cpu = &sched().cpus[index];
+    let idle = cpu.idle.load(Ordering::Relaxed);
+    osv_boot::rt::smp::set_cpu_word(idle as u64);
+    // SAFETY: this CPU's state, interrupts off, before it is online.
+    unsafe { *cpu.timer.get() = OneShot::new(SCHED_TIMER_VECTOR) };
+    // SAFETY: the idle thread is live for the kernel's life.
+    let t = unsafe { &*idle };
+    t.switched_in.store(arch::rdtsc(), Ordering::Relaxed);
+    t.on_cpu.store(true, Ordering::Relaxed);
+    rcu_leave_idle(cpu);
+    cpu.online.store(true, Ordering::Release);
+    idle_loop(cpu)
+}
 /// The running thread.
 pub fn current() -> &'static Thread {
-    // SAFETY: `current` always points at a live thread (the running one).
-    unsafe { &*this_cpu().current.load(Ordering::Relaxed) }
+    // SAFETY: the per-CPU word always points at a live thread (the one
+    // running on this CPU: set at every switch, read in one instruction).
+    unsafe { &*(osv_boot::rt::smp::cpu_word() as *const Thread) }
 }
 
 /// Disables preemption of the running thread (nests).
@@ -372,8 +586,10 @@ unsafe fn reschedule(cpu: &'static Cpu, kind: Kind) {
     sc.wakeups.drain(cpu.id, |id| {
         let t = thread(id);
         if core::ptr::eq(t, cur) {
-            // Woken before it got off the CPU: it simply keeps running.
+            // Woken before it got off the CPU: it simply keeps running
+            // (and was counted twice in `load`).
             t.parker.state().set_running();
+            cpu.load.fetch_sub(1, Ordering::Relaxed);
         } else {
             t.parker.state().set_queued();
             // SAFETY: the thread is off the CPU; its runtime is ours to use.
@@ -382,10 +598,19 @@ unsafe fn reschedule(cpu: &'static Cpu, kind: Kind) {
         }
     });
     let blocked = !core::ptr::eq(cur_ptr, idle_ptr) && cur.parker.state().state() != State::Running;
+    if blocked || cur.preempt.load(Ordering::Relaxed) == 0 {
+        // A scheduling point outside any read-side section (those raise the
+        // preempt count, and blocking inside one is forbidden) is a
+        // quiescent state even when no switch follows: a thread alone on
+        // its CPU must not hold up grace periods.
+        rcu_leave_idle(cpu);
+        rcu().quiescent(cpu.id);
+    }
     let r = if kind == Kind::Yield && !blocked { s.yield_now(now) } else { s.reschedule(now, blocked) };
     if let Some((rt, id)) = r.blocked {
         // SAFETY: the thread is leaving the CPU; only this CPU touches it.
         unsafe { *thread(id).runtime.get() = rt };
+        cpu.load.fetch_sub(1, Ordering::Relaxed);
     }
     sc.wakeups.set_running(cpu.id, s.published_runtime());
     // SAFETY: this CPU's timer state, interrupts off.
@@ -413,7 +638,10 @@ unsafe fn switch_to(cpu: &'static Cpu, prev: &Thread, next: &Thread) {
     if prev.parker.state().state() == State::Terminated {
         cpu.exited.store(prev as *const Thread as *mut Thread, Ordering::Relaxed);
     }
+    cpu.prev.store(prev as *const Thread as *mut Thread, Ordering::Relaxed);
+    next.on_cpu.store(true, Ordering::Relaxed);
     cpu.current.store(next as *const Thread as *mut Thread, Ordering::Relaxed);
+    osv_boot::rt::smp::set_cpu_word(next as *const Thread as u64);
     cpu.switches.fetch_add(1, Ordering::Relaxed);
     // A context switch is a quiescent state: `prev` is not in a read-side
     // section (those disable preemption and never block).
@@ -504,6 +732,13 @@ pub fn rcu_defer_free<T: Send + Sync + 'static>(q: &mut DeferQueue<MAX_CPUS>, r:
 
 /// Run by whichever thread a switch resumes.
 fn after_switch(cpu: &Cpu) {
+    let p = cpu.prev.swap(core::ptr::null_mut(), Ordering::Relaxed);
+    if !p.is_null() {
+        // SAFETY: `prev` was live when it switched away, and a thread is
+        // freed only after `off_cpu`, set below (for terminated ones) after
+        // this. Its context is saved now: another CPU may run it.
+        unsafe { (*p).on_cpu.store(false, Ordering::Release) };
+    }
     let e = cpu.exited.swap(core::ptr::null_mut(), Ordering::Relaxed);
     if !e.is_null() {
         // SAFETY: a terminated thread stays allocated until its joiner sees
@@ -514,7 +749,10 @@ fn after_switch(cpu: &Cpu) {
 
 extern "C" fn idle_entry(_: usize) -> ! {
     after_switch(this_cpu());
-    let cpu = this_cpu();
+    idle_loop(this_cpu())
+}
+
+fn idle_loop(cpu: &'static Cpu) -> ! {
     loop {
         arch::cli();
         // SAFETY: interrupts are off.
@@ -570,11 +808,31 @@ pub struct Builder<'a> {
     pub name: &'a str,
     /// Its weight (priority: CPU share relative to others).
     pub weight: Weight,
+    /// Run only on this CPU (an index below [`MAX_CPUS`]; an offline CPU is
+    /// an error). `None`: placed by the scheduler.
+    pub pin: Option<usize>,
+}
+
+impl<'a> Builder<'a> {
+    /// A thread of normal weight, placed by the scheduler.
+    pub fn new(name: &'a str) -> Self {
+        Builder { name, weight: Weight::NORMAL, pin: None }
+    }
+
+    /// Pins the thread to CPU `cpu`.
+    pub fn pin(self, cpu: usize) -> Self {
+        Builder { pin: Some(cpu), ..self }
+    }
+
+    /// Sets the thread's weight.
+    pub fn weight(self, weight: Weight) -> Self {
+        Builder { weight, ..self }
+    }
 }
 
 /// Starts a thread of normal weight.
 pub fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle {
-    spawn_with(Builder { name, weight: Weight::NORMAL }, f)
+    spawn_with(Builder::new(name), f)
 }
 
 /// Starts a thread; panics if its stacks cannot be allocated (like
@@ -588,7 +846,12 @@ pub fn spawn_with(b: Builder<'_>, f: impl FnOnce() + Send + 'static) -> JoinHand
 
 /// Starts a thread, or says why its stacks could not be allocated.
 pub fn try_spawn_with(b: Builder<'_>, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle, StackError> {
-    let t = Thread::new(b.name, b.weight, true)?;
+    if b.pin.is_some_and(|c| !cpu_online(c)) {
+        return Err(StackError::NoSuchCpu);
+    }
+    let own = if b.pin.is_some() { b.pin } else { Some(arch::without_interrupts(cpu_index)) };
+    let mut t = Thread::new(b.name, b.weight, true, own)?;
+    t.pinned = b.pin.is_some();
     // SAFETY: not shared yet.
     unsafe { *t.entry.get() = Some(Box::new(f)) };
     let ptr = Box::into_raw(t);
@@ -646,26 +909,81 @@ impl JoinHandle {
     }
 }
 
-/// Puts a thread claimed by `WaitState::wake` on its CPU's wakeup ring and
-/// reschedules here if it is this CPU and preemption is allowed.
+/// The CPU a woken (or new) thread should run on. Placement policy: its own
+/// CPU, unless that CPU is busy (runs or queues a thread) and an online CPU
+/// with fewer threads exists, in which case the least-loaded one (lowest
+/// index on ties). Only a thread that is fully off its CPU (`!on_cpu`: its
+/// context is saved and no run queue holds it), is not pinned, and has no
+/// pending timer on its CPU may change CPUs; so no CPU ever touches another
+/// CPU's run queue or timer list.
+fn place(t: &Thread) -> CpuId {
+    let own = t.cpu.load(Ordering::Relaxed) as usize;
+    let sc = sched();
+    let stay = |own: usize| {
+        sc.cpus[own].load.fetch_add(1, Ordering::Relaxed);
+        CpuId::new(own as u32)
+    };
+    if t.pinned || t.on_cpu.load(Ordering::Acquire) || t.timer_pending.load(Ordering::Acquire) {
+        return stay(own);
+    }
+    let load = |c: &Cpu| c.load.load(Ordering::Relaxed);
+    let own_load = load(&sc.cpus[own]);
+    if own_load == 0 && sc.cpus[own].online.load(Ordering::Acquire) {
+        return stay(own);
+    }
+    let best = sc
+        .cpus
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.online.load(Ordering::Acquire))
+        .min_by_key(|(_, c)| load(c))
+        .map_or(0, |(i, _)| i);
+    let dst = if sc.cpus[own].online.load(Ordering::Acquire) && load(&sc.cpus[best]) >= own_load {
+        own
+    } else {
+        best
+    };
+    if dst != own {
+        sc.migrations.fetch_add(1, Ordering::Relaxed);
+        t.cpu.store(dst as u32, Ordering::Relaxed);
+    }
+    stay(dst)
+}
+
+/// Sends the wakeup IPI to `dst`.
+fn send_wakeup_ipi(from: &Cpu, dst: &Cpu) {
+    if let (Some(l), Ok(id)) = (osv_boot::rt::lapic(), u8::try_from(dst.apic_id.load(Ordering::Relaxed))) {
+        from.ipis_sent.fetch_add(1, Ordering::Relaxed);
+        l.send_ipi(id, WAKEUP_VECTOR);
+    }
+}
+
+/// Puts a thread claimed by `WaitState::wake` on its CPU's wakeup ring (the
+/// CPU chosen by [`place`]), sends the wakeup IPI when osv-sched says it is
+/// needed, and reschedules here if it is this CPU and preemption is allowed.
 fn queue_woken(t: &Thread) {
     arch::without_interrupts(|| {
         let cpu = this_cpu();
-        let dst = CpuId::new(t.cpu.load(Ordering::Relaxed));
+        let dst = place(t);
         // SAFETY: off the CPU or being woken: the runtime is not changing.
         let rtt = unsafe { (*t.runtime.get()).scaled() };
         let mut id = t.id();
-        loop {
+        let ipi = loop {
             match sched().wakeups.wake(cpu.id, dst, id, rtt) {
-                Ok(_ipi) => break,
+                Ok(ipi) => break ipi,
                 Err(back) => {
-                    // Full ring (only with SMP): drain it ourselves.
+                    // A full ring: make its CPU drain it, then retry.
                     id = back;
-                    // SAFETY: interrupts off.
-                    unsafe { reschedule(cpu, Kind::Preempt) };
+                    if dst == cpu.id {
+                        // SAFETY: interrupts off.
+                        unsafe { reschedule(cpu, Kind::Preempt) };
+                    } else {
+                        send_wakeup_ipi(cpu, &sched().cpus[dst.index()]);
+                        core::hint::spin_loop();
+                    }
                 }
             }
-        }
+        };
         if dst == cpu.id {
             if current().preempt.load(Ordering::Relaxed) == 0 {
                 // SAFETY: interrupts off.
@@ -673,8 +991,25 @@ fn queue_woken(t: &Thread) {
             } else {
                 cpu.need_resched.store(true, Ordering::Relaxed);
             }
+        } else if ipi == Ipi::Needed {
+            send_wakeup_ipi(cpu, &sched().cpus[dst.index()]);
         }
     });
+}
+
+/// The wakeup IPI: the rings have something for this CPU.
+fn on_wakeup_ipi(_frame: &mut TrapFrame) {
+    if let Some(l) = osv_boot::rt::lapic() {
+        l.eoi();
+    }
+    let cpu = this_cpu();
+    cpu.ipis_received.fetch_add(1, Ordering::Relaxed);
+    if current().preempt.load(Ordering::Relaxed) == 0 {
+        // SAFETY: interrupt handlers run with interrupts off, on this CPU.
+        unsafe { reschedule(cpu, Kind::Preempt) };
+    } else {
+        cpu.need_resched.store(true, Ordering::Relaxed);
+    }
 }
 
 fn unpark(t: &Thread) {
@@ -714,6 +1049,8 @@ pub fn yield_now() {
 /// Sleeps until `deadline` on the scheduler's clock.
 pub fn sleep_until(deadline: Instant) {
     let me = current();
+    // Stay on this CPU while its timer list holds us (see `place`).
+    me.timer_pending.store(true, Ordering::Release);
     let id = arch::without_interrupts(|| {
         let cpu = this_cpu();
         // SAFETY: this CPU's scheduler, interrupts off.
@@ -737,6 +1074,7 @@ pub fn sleep_until(deadline: Instant) {
         // SAFETY: this CPU's scheduler, interrupts off.
         let _ = unsafe { &mut *this_cpu().sched.get() }.cancel_timer(id);
     });
+    me.timer_pending.store(false, Ordering::Release);
 }
 
 /// Sleeps for `d`.
@@ -765,8 +1103,10 @@ fn on_timer(_frame: &mut TrapFrame) {
         let t = thread(id);
         if t.parker.unpark() {
             t.woken_tsc.store(arch::rdtsc(), Ordering::Relaxed);
-            let rtt = 0.0; // the IPI decision is moot on the same CPU
-            let dst = CpuId::new(t.cpu.load(Ordering::Relaxed));
+            // A sleeper stays on the CPU of its timer (`timer_pending`).
+            let rtt = 0u64; // the IPI decision is moot on the same CPU
+            let dst = cpu.id;
+            cpu.load.fetch_add(1, Ordering::Relaxed);
             if sched().wakeups.wake(cpu.id, dst, id, rtt).is_err() {
                 // A full ring: drain it first, then the push succeeds.
                 // SAFETY: interrupts off.
@@ -806,6 +1146,43 @@ pub fn switches() -> u64 {
     this_cpu().switches.load(Ordering::Relaxed)
 }
 
+/// Context switches on all CPUs.
+pub fn switches_all() -> u64 {
+    SCHED.get().map_or(0, |s| s.cpus.iter().map(|c| c.switches.load(Ordering::Relaxed)).sum())
+}
+
+/// Placements of a started or woken thread on another CPU than its own.
+pub fn migrations() -> u64 {
+    SCHED.get().map_or(0, |s| s.migrations.load(Ordering::Relaxed))
+}
+
+/// One CPU's counters (a snapshot).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    /// Timer interrupts taken.
+    pub timer_irqs: u64,
+    /// Of which with nothing armed.
+    pub timer_spurious: u64,
+    /// Context switches.
+    pub switches: u64,
+    /// Wakeup IPIs this CPU sent.
+    pub ipis_sent: u64,
+    /// Wakeup IPIs this CPU took.
+    pub ipis_received: u64,
+}
+
+/// The counters of CPU `i` (zero for one that is not online).
+pub fn cpu_stats(i: usize) -> CpuStats {
+    let Some(c) = SCHED.get().and_then(|s| s.cpus.get(i)) else { return CpuStats::default() };
+    CpuStats {
+        timer_irqs: c.timer_irqs.load(Ordering::Relaxed),
+        timer_spurious: c.timer_spurious.load(Ordering::Relaxed),
+        switches: c.switches.load(Ordering::Relaxed),
+        ipis_sent: c.ipis_sent.load(Ordering::Relaxed),
+        ipis_received: c.ipis_received.load(Ordering::Relaxed),
+    }
+}
+
 /// The kernel's [`Park`] for osv-sched's mutex, condvar and semaphore.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelPark;
@@ -834,6 +1211,12 @@ impl Park for KernelPark {
     }
     fn park() {
         park_current();
+    }
+    fn preempt_disable() {
+        preempt_disable();
+    }
+    fn preempt_enable() {
+        preempt_enable();
     }
 }
 

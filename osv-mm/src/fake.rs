@@ -33,6 +33,7 @@ struct State {
     used: BTreeSet<usize>,
     limit: Option<usize>,
     allocations: u64,
+    huge_enabled: bool,
 }
 
 /// A fixed arena of frames at physical addresses `FAKE_PHYS_BASE + i * 4096`.
@@ -56,7 +57,16 @@ impl FakeMemory {
         let frames: Box<[Frame]> =
             (0..frames).map(|_| Frame(core::array::from_fn(|_| AtomicU64::new(JUNK)))).collect();
         let free = (0..frames.len()).rev().collect();
-        Self { frames, state: Mutex::new(State { free, used: BTreeSet::new(), limit: None, allocations: 0 }) }
+        Self {
+            frames,
+            state: Mutex::new(State {
+                free,
+                used: BTreeSet::new(),
+                limit: None,
+                allocations: 0,
+                huge_enabled: true,
+            }),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -66,6 +76,12 @@ impl FakeMemory {
     /// Fails allocations once `limit` frames are in use (`None`: only the arena size limits).
     pub fn set_limit(&self, limit: Option<usize>) {
         self.state().limit = limit;
+    }
+
+    /// Whether [`FrameAllocator::allocate_huge`] may hand out 2 MiB runs (default: yes). Off
+    /// models an allocator that cannot (or a fragmented one).
+    pub fn set_huge(&self, enabled: bool) {
+        self.state().huge_enabled = enabled;
     }
 
     /// Frames currently handed out.
@@ -128,6 +144,27 @@ unsafe impl FrameAllocator for FakeMemory {
         let mut s = self.state();
         assert!(s.used.remove(&i), "double free of {frame:?}");
         s.free.push(i);
+    }
+
+    /// The lowest 2 MiB-aligned run of 512 free frames (the arena's base is 2 MiB aligned),
+    /// subject to the limit; its frames are junk-filled and freeable one by one.
+    fn allocate_huge(&self) -> Option<PhysAddr> {
+        let mut s = self.state();
+        if s.limit.is_some_and(|l| s.used.len() + 512 > l) || !s.huge_enabled {
+            return None;
+        }
+        let k =
+            (0..self.frames.len() / 512).find(|k| (k * 512..k * 512 + 512).all(|i| !s.used.contains(&i)))?;
+        s.free.retain(|i| !(k * 512..k * 512 + 512).contains(i));
+        s.used.extend(k * 512..k * 512 + 512);
+        s.allocations += 512;
+        drop(s);
+        for f in &self.frames[k * 512..k * 512 + 512] {
+            for w in &f.0 {
+                w.store(JUNK, Ordering::Relaxed);
+            }
+        }
+        Some(Self::addr(k * 512))
     }
 }
 

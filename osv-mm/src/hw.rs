@@ -148,6 +148,31 @@ pub unsafe trait FrameAllocator {
     /// 2. Nothing uses the frame any more (no entry points at it, or the TLB flush that drops
     ///    the last reference has been scheduled before the frame can be reused).
     unsafe fn free_frame(&self, frame: PhysAddr);
+
+    /// A 2 MiB-aligned run of 512 frames for a large page, or `None` when the allocator has
+    /// none (or cannot hand out runs at all: the default). Each of the 512 frames is then
+    /// owned as if it came from [`allocate_frame`](Self::allocate_frame): they may go back
+    /// one by one through [`free_frame`](Self::free_frame) (after a large page was split), or
+    /// all at once through [`free_huge`](Self::free_huge). Implementers keep promise 1 for
+    /// every frame of the run.
+    fn allocate_huge(&self) -> Option<PhysAddr> {
+        None
+    }
+
+    /// Gives back a whole run from [`allocate_huge`](Self::allocate_huge). The default frees
+    /// its 512 frames one by one.
+    ///
+    /// # Safety
+    /// 1. `base` came from `allocate_huge` of this allocator and none of its frames was freed
+    ///    since.
+    /// 2. As [`free_frame`](Self::free_frame)'s promise 2, for all 512 frames.
+    unsafe fn free_huge(&self, base: PhysAddr) {
+        for i in 0..512 {
+            // SAFETY: by the caller's promises, frame `i` of the run is ours and unused, and
+            // `allocate_huge` made each frame individually freeable.
+            unsafe { self.free_frame(PhysAddr::new(base.as_u64() + i * 4096)) };
+        }
+    }
 }
 
 /// Where the kernel can reach a physical frame: e.g. a linear map of all physical memory.
@@ -193,6 +218,13 @@ unsafe impl<T: FrameAllocator + ?Sized> FrameAllocator for &T {
     unsafe fn free_frame(&self, frame: PhysAddr) {
         // SAFETY: the caller's promises are exactly those `T::free_frame` needs.
         unsafe { (**self).free_frame(frame) }
+    }
+    fn allocate_huge(&self) -> Option<PhysAddr> {
+        (**self).allocate_huge()
+    }
+    unsafe fn free_huge(&self, base: PhysAddr) {
+        // SAFETY: the caller's promises are exactly those `T::free_huge` needs.
+        unsafe { (**self).free_huge(base) }
     }
 }
 

@@ -11,11 +11,14 @@
 //!    read / write / compare-exchange on an entry the CPU may be walking, plus the two traits
 //!    through which the kernel lends memory: [`FrameAllocator`] and [`PhysMapper`].
 //! 4. **The walker** ([`Mapper`]): map, unmap, protect and translate any range, with 2 MiB
-//!    pages where alignment allows, splitting a large page a change covers only in part, and
-//!    freeing tables that become empty. Every change returns a [`MapperFlush`] for the
-//!    kernel's [`TlbFlush`].
+//!    pages where alignment allows, splitting a large page a change covers only in part,
+//!    merging 512 contiguous 4 KiB pages back into a 2 MiB page, and unlinking tables that
+//!    become empty. Every change returns a [`MapperFlush`] naming the ranges to invalidate
+//!    and carrying the unlinked table frames; [`Mapper::flush`] runs the kernel's batched
+//!    [`TlbFlush::shootdown`] and only then frees those frames.
 //! 5. **Page providers** ([`PageAllocator`], OSv's `page_allocator`): what fills an entry,
-//!    at level 0 or 1: [`AnonZero`] (zero-filled anonymous memory) and [`PhysRange`] (MMIO).
+//!    at level 0 or 1: [`AnonZero`] (zero-filled anonymous memory, 2 MiB runs through
+//!    [`FrameAllocator::allocate_huge`] when asked) and [`PhysRange`] (MMIO).
 //! 6. **Physical memory** ([`phys`]): [`PageRangeAllocator`], OSv's page-range allocator over
 //!    the boot memory map (free lists by order, a list of huge ranges, headers and boundary
 //!    bitmaps kept in the free memory itself, merging on free, 2 MiB-aligned runs, typed
@@ -27,12 +30,10 @@
 //!    the owning CPU, whole pages for large allocations, run-time statistics; pages come
 //!    through [`HeapPages`].
 //! 8. **Address spaces** ([`vma`], feature `alloc`): VMAs in a range tree, mmap / munmap /
-//!    mprotect / msync with VMA splitting, the page-fault handler (demand zero fill,
-//!    copy-on-write of private file pages through [`vma::FileBacking`]) and stacks with guard
-//!    pages reported as [`vma::Fault::StackOverflow`].
-//!
-//! Still to come (issue #3): use by the demo kernel (boot map, heap, stacks), merging 4 KiB
-//! pages back into 2 MiB pages, deferred freeing of table frames after the TLB flush.
+//!    mprotect / msync with VMA splitting, the page-fault handler (demand zero fill with
+//!    2 MiB pages where the VMA and the allocator allow, copy-on-write of private file pages
+//!    through [`vma::FileBacking`]) and stacks with guard pages reported as
+//!    [`vma::Fault::StackOverflow`].
 //!
 //! # Design
 //!
@@ -41,9 +42,12 @@
 //!   and `next_table()` only on [`HasLower`] ones. Mixing levels up, a classic page-table bug,
 //!   is a type error. OSv does the same with `hw_ptep<N>` templates.
 //! - **Flush tokens.** Forgetting a TLB invalidation gives no error, just stale translations
-//!   much later. So changes return a `#[must_use]` [`MapperFlush`] listing the ranges (or
-//!   "flush all" past a threshold); the kernel batches it into one shootdown via
-//!   [`TlbFlush`], or calls [`MapperFlush::ignore`] when the tables are not live.
+//!   much later, and freeing a page-table frame a CPU may still walk is worse. So changes
+//!   return a `#[must_use]` [`MapperFlush`] listing the ranges (or "flush all" past a
+//!   threshold) and carrying the table frames the change unlinked; the kernel passes it to
+//!   [`Mapper::flush`], which runs one batched [`TlbFlush::shootdown`] (an SMP kernel: one
+//!   IPI round) and then frees the frames, or to [`Mapper::discard`] when the tables are not
+//!   live. See [`flush`] for how the frames travel.
 //! - **Hardware behind traits.** Frames, the physical map, the TLB and the CPU identity are
 //!   traits, so the whole walker, the allocators and the fault handler run on the host
 //!   against `fake::FakeMemory`/`fake::FakeRam` (feature `std`), under proptest, and the
@@ -69,20 +73,29 @@
 //! // 4 MiB at 0x4000_0000 -> 0x8000_0000: two 2 MiB pages, no L0 table needed.
 //! let va = VirtAddr::new(0x4000_0000);
 //! let end = VirtAddr::new(0x4000_0000 + 4 * MIB);
-//! mapper.map(va..end, PhysAddr::new(0x8000_0000), Flags::RW).unwrap().ignore();
+//! let flush = mapper.map(va..end, PhysAddr::new(0x8000_0000), Flags::RW).unwrap();
+//! mapper.discard(flush); // not live: nothing to invalidate
 //! let (pa, flags, size) = mapper.translate(VirtAddr::new(0x4020_1234)).unwrap();
 //! assert_eq!((pa, flags, size), (PhysAddr::new(0x8020_1234), Flags::RW, PageSize::Size2M));
 //!
 //! // Read-only for one 4 KiB page: the 2 MiB page is split into 512 PTEs.
 //! let page = VirtAddr::new(0x4000_1000)..VirtAddr::new(0x4000_1000 + PAGE_SIZE);
-//! let flush = mapper.protect(page, Flags::READ).unwrap();
-//! assert!(!flush.is_empty()); // the kernel would call `flush.flush(&its_tlb)`
-//! flush.ignore();
+//! let flush = mapper.protect(page.clone(), Flags::READ).unwrap();
+//! assert!(!flush.is_empty()); // a live space: `mapper.flush(flush, &its_tlb)`
+//! mapper.discard(flush);
 //! assert_eq!(mapper.translate(VirtAddr::new(0x4000_1000)).unwrap().2, PageSize::Size4K);
 //!
+//! // Read-write again: 512 contiguous pages with equal rights merge back into 2 MiB; the
+//! // page table they were in travels in the token until the flush.
+//! let flush = mapper.protect(page, Flags::RW).unwrap();
+//! assert_eq!(mapper.translate(VirtAddr::new(0x4000_1000)).unwrap().2, PageSize::Size2M);
+//! assert_eq!(flush.table_frames(), 2); // the page table and the list page carrying it
+//! mapper.discard(flush);
+//!
 //! // Unmap everything: the emptied tables go back, only the root stays.
-//! mapper.unmap(va..end).unwrap().ignore();
+//! let flush = mapper.unmap(va..end).unwrap();
 //! assert_eq!(mapper.translate(va), None);
+//! mapper.discard(flush);
 //! assert_eq!(mem.in_use(), 1);
 //! # }
 //! ```

@@ -8,15 +8,22 @@
 //!   ends; those splits are the only allocations, and a split changes no translation, so a
 //!   failure there returns `OutOfFrames` with every translation as it was. The rest cannot
 //!   fail.
-//! - Tables that become empty are freed on the way back up.
+//! - Tables that become empty are unlinked on the way back up; their frames travel in the
+//!   returned [`MapperFlush`] and are freed by [`Mapper::flush`] after the TLB shootdown.
+//! - After `map`, `populate` and `protect`, every 2 MiB-aligned range the change touched
+//!   whose level-0 table now maps 512 physically contiguous 4 KiB pages from a 2 MiB-aligned
+//!   frame with identical attributes is *merged*: the level-1 entry becomes one 2 MiB page and
+//!   the level-0 table frame travels in the token like an emptied one. Together with the
+//!   splitting of large pages that a change covers in part, the tables always use the largest
+//!   pages the translations allow (up to 2 MiB; 1 GiB pages are split but not re-formed).
 #![allow(unsafe_code)]
 
 use core::ops::Range;
 
-use crate::flush::MapperFlush;
+use crate::flush::{MapperFlush, TlbFlush, LIST_SLOTS};
 use crate::hw::{table_at, zero_frame, FrameAllocator, HwPtep, PageTable, PhysMapper};
 use crate::level::{HasLower, HugeCapable, Level, PageSize, L0, L1, L2, L3};
-use crate::provider::PageAllocator;
+use crate::provider::{AnonZero, PageAllocator};
 use crate::pte::{bits, split_entry, Flags, PtElement};
 use crate::{Error, PhysAddr, Result, VirtAddr};
 
@@ -30,8 +37,16 @@ enum Op<'p> {
     Count(u64),
     /// Map `[va0, ..)` to `[pa0, ..)`.
     Map { va0: u64, pa0: u64, flags: Flags },
-    /// Ask `provider` to fill every entry.
-    Populate { va0: u64, offset0: u64, flags: Flags, huge: bool, provider: &'p dyn PageAllocator },
+    /// Ask `provider` to fill every entry (with 2 MiB pages first if `huge`; if not
+    /// `fallback`, a 2 MiB entry the provider declines is an error instead of 4 KiB pages).
+    Populate {
+        va0: u64,
+        offset0: u64,
+        flags: Flags,
+        huge: bool,
+        fallback: bool,
+        provider: &'p dyn PageAllocator,
+    },
     /// Clear leaves, through `provider` if any.
     Unmap { va0: u64, offset0: u64, provider: Option<&'p dyn PageAllocator> },
     /// Rewrite the permissions of leaves.
@@ -180,11 +195,13 @@ where
                     descend = Some(m.new_table(ptep)?);
                 }
             }
-            Op::Populate { va0, offset0, flags, huge, provider } => {
+            Op::Populate { va0, offset0, flags, huge, fallback, provider } => {
                 if e.is_empty() {
                     let offset = *offset0 + (va - *va0);
                     if full && *huge && L::provide_huge(*provider, offset, ptep, *flags) {
                         descend = None;
+                    } else if L::LEVEL == 1 && !*fallback {
+                        return Err(Error::OutOfFrames);
                     } else if ptep.read().is_empty() {
                         descend = Some(m.new_table(ptep)?);
                     }
@@ -218,10 +235,10 @@ where
             let r = <L::Lower as Walk>::walk(m, lower, va, hi, op, flush);
             if matches!(op, Op::Unmap { .. }) && lower.is_empty() {
                 ptep.write(PtElement::empty());
-                // SAFETY: the table is empty and no entry points at it any more; it came from
-                // our allocator. Paging-structure caches are invalidated by the flush of the
-                // range (INVLPG drops them, SDM vol. 3A §4.10.4.1).
-                unsafe { m.alloc.free_frame(child) };
+                // The table is empty and unlinked, but a CPU may still hold it in its
+                // paging-structure caches until the flush of the range (INVLPG drops those,
+                // SDM vol. 3A §4.10.4.1): the frame goes into the token, freed after the flush.
+                m.defer_emptied(flush, child);
                 flush.add(va, hi - va, 1);
             }
             r?;
@@ -334,8 +351,167 @@ impl<A: FrameAllocator, M: PhysMapper> Mapper<A, M> {
 
     fn run(&self, a: u64, b: u64, op: &mut Op<'_>) -> Result<MapperFlush> {
         let mut flush = MapperFlush::none();
-        L3::walk(self, self.root_table(), a, b, op, &mut flush)?;
+        self.run_into(a, b, op, &mut flush)?;
         Ok(flush)
+    }
+
+    fn run_into(&self, a: u64, b: u64, op: &mut Op<'_>, flush: &mut MapperFlush) -> Result {
+        L3::walk(self, self.root_table(), a, b, op, flush)
+    }
+
+    /// Runs the shootdown for `token` through `tlb` ([`TlbFlush::shootdown`]), then frees the
+    /// page-table frames the token carries: the only way those frames go back to the
+    /// allocator, so none is reused while a CPU may still walk it.
+    pub fn flush<T: TlbFlush + ?Sized>(&self, token: MapperFlush, tlb: &T) {
+        if !token.is_empty() {
+            tlb.shootdown(&token);
+        }
+        self.release(token);
+    }
+
+    /// Frees the page-table frames `token` carries without a TLB flush: for tables that are
+    /// not live on any CPU (built before loading CR3, or an address space never run).
+    pub fn discard(&self, token: MapperFlush) {
+        self.release(token);
+    }
+
+    /// Adds `other` to `into` (ranges and carried frames), linking frame chains through
+    /// memory, so unlike [`MapperFlush::merge`] there is no limit on how many tokens with
+    /// frames can be batched into one shootdown.
+    pub fn merge_flush(&self, into: &mut MapperFlush, mut other: MapperFlush) {
+        for k in 0..other.chains.heads.len() {
+            let h = other.chains.heads[k];
+            if h == 0 {
+                continue;
+            }
+            // Walk to the chain's last list page and hang `into`'s chain 0 behind it.
+            let mut tail = h;
+            loop {
+                let next = self.list_page(tail).entry(0).read().raw();
+                if next == 0 {
+                    break;
+                }
+                tail = next;
+            }
+            self.list_page(tail).entry(0).write(PtElement::from_raw(into.chains.heads[0]));
+            into.chains.heads[0] = h;
+            into.chains.head_used = if k == 0 { other.chains.head_used } else { LIST_SLOTS };
+            other.chains.heads[k] = 0;
+        }
+        // Only counts and ranges are left in `other`.
+        into.take_chains(&mut other.chains);
+        into.merge_ranges(&other);
+    }
+
+    /// A list page (or a table being turned into one) as 512 atomic words.
+    fn list_page(&self, frame: u64) -> &PageTable<L0> {
+        // SAFETY: `frame` is a list page of a token of this mapper: a frame of our allocator
+        // (an unlinked table or a fresh frame) that stays allocated until `release`; all
+        // access to it is atomic.
+        unsafe { table_at::<L0, _>(&self.phys, PhysAddr::new(frame)) }
+    }
+
+    /// Puts an unlinked, all-zero table into `flush`: it becomes the new head list page.
+    fn defer_emptied(&self, flush: &mut MapperFlush, frame: PhysAddr) {
+        let c = &mut flush.chains;
+        // A 4 KiB-aligned address (or 0): P clear, so a stale walker of this table sees
+        // "not present", which is what the table now means.
+        self.list_page(frame.as_u64()).entry(0).write(PtElement::from_raw(c.heads[0]));
+        c.heads[0] = frame.as_u64();
+        c.head_used = 0;
+        c.frames += 1;
+    }
+
+    /// Puts a frame that must not be written before the flush (a merged table) into a free
+    /// slot of `flush`'s head list page, allocating a fresh list page if needed. `false` if
+    /// no list page could be allocated (nothing changed).
+    fn defer_frame(&self, flush: &mut MapperFlush, frame: PhysAddr) -> bool {
+        let c = &mut flush.chains;
+        if c.heads[0] == 0 || c.head_used >= LIST_SLOTS {
+            let Some(page) = self.alloc.allocate_frame() else { return false };
+            // SAFETY: the frame was just allocated for us and is not visible to anyone.
+            unsafe { zero_frame(&self.phys, page) };
+            self.list_page(page.as_u64()).entry(0).write(PtElement::from_raw(c.heads[0]));
+            c.heads[0] = page.as_u64();
+            c.head_used = 0;
+            c.frames += 1;
+        }
+        c.head_used += 1;
+        self.list_page(c.heads[0]).entry(usize::from(c.head_used)).write(PtElement::from_raw(frame.as_u64()));
+        c.frames += 1;
+        true
+    }
+
+    /// Frees every frame `token` carries (list pages included).
+    fn release(&self, mut token: MapperFlush) {
+        for k in 0..token.chains.heads.len() {
+            let mut page = core::mem::take(&mut token.chains.heads[k]);
+            while page != 0 {
+                let list = self.list_page(page);
+                for i in 1..=usize::from(LIST_SLOTS) {
+                    let f = list.entry(i).read().raw();
+                    if f != 0 {
+                        // SAFETY: a frame of our allocator that a change unlinked (a merged
+                        // table); the caller has flushed the TLB (or the tables were not live),
+                        // so nothing uses it any more.
+                        unsafe { self.alloc.free_frame(PhysAddr::new(f)) };
+                    }
+                }
+                let next = list.entry(0).read().raw();
+                // SAFETY: as above: the list page is an unlinked table or a frame we allocated
+                // for the list, and we are done reading it.
+                unsafe { self.alloc.free_frame(PhysAddr::new(page)) };
+                page = next;
+            }
+        }
+    }
+
+    /// Merges into 2 MiB pages the 2 MiB-aligned ranges overlapping `[a, b)` whose level-0
+    /// table maps 512 contiguous pages of a 2 MiB-aligned frame with identical attributes.
+    fn merge_range(&self, a: u64, b: u64, flush: &mut MapperFlush) {
+        let mut c = a & !(SIZE_2M - 1);
+        while c < b {
+            self.merge_chunk(c, flush);
+            c += SIZE_2M;
+        }
+    }
+
+    fn merge_chunk(&self, c: u64, flush: &mut MapperFlush) {
+        let va = VirtAddr::new(c);
+        let Some(t2) = self.root_table().entry(L3::index(va)).read().next_table() else { return };
+        // SAFETY: a present non-leaf entry of our tables points at a live lower table.
+        let p2 = unsafe { table_at::<L2, _>(&self.phys, t2) }.entry(L2::index(va));
+        let Some(t1) = p2.read().next_table() else { return };
+        // SAFETY: as above.
+        let p1 = unsafe { table_at::<L1, _>(&self.phys, t1) }.entry(L1::index(va));
+        let pointer = p1.read();
+        let Some(t0) = pointer.next_table() else { return };
+        // SAFETY: as above.
+        let table = unsafe { table_at::<L0, _>(&self.phys, t0) };
+        let Some(huge) = merged_entry(table) else { return };
+        if !self.defer_frame(flush, t0) {
+            return; // No list page for the frame: stay with 4 KiB pages.
+        }
+        // Only the page size changes, not the frames, rights or memory type, which the SDM
+        // (vol. 3A §4.10.2.3) allows on a live entry. The CPU may set A in the pointer
+        // meanwhile (we hold `&self` of the only writer, so nothing else changes it): retry
+        // with its value. A/D the CPU sets in the level-0 entries after `merged_entry` read
+        // them are not carried over.
+        let mut cur = pointer;
+        while let Err(now) = p1.compare_exchange(cur, huge) {
+            if now.next_table() != Some(t0) {
+                // Not our table any more (cannot happen with one writer): keep everything.
+                let c0 = &mut flush.chains;
+                self.list_page(c0.heads[0]).entry(usize::from(c0.head_used)).write(PtElement::empty());
+                c0.head_used -= 1;
+                c0.frames -= 1;
+                return;
+            }
+            cur = now;
+        }
+        // The PDE changed from a table to a large page: invalidate the range (and with it the
+        // paging-structure caches, SDM vol. 3A §4.10.4.1) before the table frame is reused.
+        flush.add(c, SIZE_2M, 1);
     }
 
     /// How many 4 KiB pages of `range` are mapped (a large page counts for each 4 KiB in it).
@@ -407,16 +583,45 @@ impl<A: FrameAllocator, M: PhysMapper> Mapper<A, M> {
     ) -> Result<MapperFlush> {
         let (a, b) = check_range(&range)?;
         let flags = checked_flags(flags)?;
-        self.build(a, b, &mut Op::Populate { va0: a, offset0: offset, flags, huge, provider })
+        self.build(a, b, &mut Op::Populate { va0: a, offset0: offset, flags, huge, fallback: true, provider })
     }
 
-    /// The shared body of `map` and `populate`: check emptiness, build, roll back on error.
-    fn build(&mut self, a: u64, b: u64, op: &mut Op<'_>) -> Result<MapperFlush> {
+    /// Fills `range` with zeroed anonymous memory from the mapper's own allocator (an
+    /// [`AnonZero`] over it; the page-fault path of [`vma`](crate::vma)). With
+    /// `PageSize::Size2M` the range must be 2 MiB aligned and is filled only with 2 MiB pages
+    /// ([`FrameAllocator::allocate_huge`] blocks through the provider's level-1 `map_huge`):
+    /// if the allocator has no such block, `OutOfFrames` and nothing changed, so the caller
+    /// can fall back to 4 KiB pages. `PageSize::Size1G` is `InvalidRange`.
+    pub fn populate_anon(
+        &mut self,
+        range: Range<VirtAddr>,
+        flags: Flags,
+        size: PageSize,
+    ) -> Result<MapperFlush> {
+        let (a, b) = check_range(&range)?;
+        let flags = checked_flags(flags)?;
+        let huge = match size {
+            PageSize::Size4K => false,
+            PageSize::Size2M if a.is_multiple_of(SIZE_2M) && b.is_multiple_of(SIZE_2M) => true,
+            PageSize::Size2M => return Err(Error::NotAligned),
+            PageSize::Size1G => return Err(Error::InvalidRange),
+        };
+        let anon = AnonZero::new(&self.alloc, &self.phys);
+        let op = &mut Op::Populate { va0: a, offset0: 0, flags, huge, fallback: !huge, provider: &anon };
+        self.build(a, b, op)
+    }
+
+    /// The shared body of `map` and `populate`: check emptiness, build, roll back on error,
+    /// merge what became mergeable.
+    fn build(&self, a: u64, b: u64, op: &mut Op<'_>) -> Result<MapperFlush> {
         if self.mapped_pages(VirtAddr::new(a)..VirtAddr::new(b))? != 0 {
             return Err(Error::AlreadyMapped);
         }
         match self.run(a, b, op) {
-            Ok(flush) => Ok(flush),
+            Ok(mut flush) => {
+                self.merge_range(a, b, &mut flush);
+                Ok(flush)
+            }
             Err(e) => {
                 let provider = match op {
                     Op::Populate { provider, .. } => Some(*provider),
@@ -428,8 +633,11 @@ impl<A: FrameAllocator, M: PhysMapper> Mapper<A, M> {
                 };
                 // The range was empty, and every leaf built lies wholly inside it, so this
                 // needs no split and cannot fail.
+                // Nothing built was ever reported, and entries that were never present cannot
+                // be cached: the tables built are freed at once.
                 let mut undo = Op::Unmap { va0: a, offset0, provider };
-                self.run(a, b, &mut undo)?.ignore();
+                let undone = self.run(a, b, &mut undo)?;
+                self.discard(undone);
                 Err(e)
             }
         }
@@ -463,7 +671,7 @@ impl<A: FrameAllocator, M: PhysMapper> Mapper<A, M> {
     ) -> Result<MapperFlush> {
         let (a, b) = check_range(&range)?;
         let mut flush = self.split_ends(&range)?;
-        flush.merge(self.run(a, b, &mut Op::Unmap { va0: a, offset0, provider })?);
+        self.run_into(a, b, &mut Op::Unmap { va0: a, offset0, provider }, &mut flush)?;
         Ok(flush)
     }
 
@@ -480,7 +688,8 @@ impl<A: FrameAllocator, M: PhysMapper> Mapper<A, M> {
             return Err(Error::NotMapped);
         }
         let mut flush = self.split_ends(&range)?;
-        flush.merge(self.run(a, b, &mut Op::Protect(flags))?);
+        self.run_into(a, b, &mut Op::Protect(flags), &mut flush)?;
+        self.merge_range(a, b, &mut flush);
         Ok(flush)
     }
 
@@ -570,6 +779,31 @@ fn checked_flags(flags: Flags) -> Result<Flags> {
     } else {
         Err(Error::NoAccess)
     }
+}
+
+/// The 2 MiB entry equivalent to a full level-0 table, if it is one: 512 present entries
+/// mapping consecutive 4 KiB frames from a 2 MiB-aligned one, with identical bits apart from
+/// the address and A/D. A/D of the result are the union of the entries' (a page accessed or
+/// written keeps being reported so).
+fn merged_entry(table: &PageTable<L0>) -> Option<PtElement<L1>> {
+    const AD: u64 = bits::ACCESSED | bits::DIRTY;
+    let first = table.entry(0).read();
+    if !first.present() || !first.addr().is_aligned(SIZE_2M) {
+        return None;
+    }
+    let base = first.raw() & !AD;
+    let mut ad = 0;
+    for (i, e) in table.entries().enumerate() {
+        let raw = e.read().raw();
+        if raw & !AD != base + i as u64 * L0::SPAN {
+            return None;
+        }
+        ad |= raw & AD;
+    }
+    // Bit 7 of a PTE is PAT; in a 2 MiB entry it is PS and PAT moves to bit 12 (SDM vol. 3A
+    // table 4-18 vs. 4-20).
+    let pat = if base & bits::PAT_4K != 0 { bits::PAT_HUGE } else { 0 };
+    Some(PtElement::from_raw((base & !bits::PAT_4K) | bits::HUGE | pat | ad))
 }
 
 fn leaf<L: Level>(e: PtElement<L>, va: u64, size: PageSize) -> (PhysAddr, Flags, PageSize) {

@@ -598,6 +598,15 @@ unsafe impl<M: PhysMapper> FrameAllocator for PageRangeAllocator<M> {
         let r = unsafe { self.free(frame, 1) };
         debug_assert_eq!(r, Ok(()), "bad free_frame({frame:?})");
     }
+    fn allocate_huge(&self) -> Option<PhysAddr> {
+        // Parts of a run can be freed separately (`free`), as `allocate_huge` promises.
+        self.alloc_huge().ok()
+    }
+    unsafe fn free_huge(&self, base: PhysAddr) {
+        // SAFETY: `FrameAllocator::free_huge`'s promises are `free`'s for the 512 pages.
+        let r = unsafe { self.free(base, HUGE_PAGES) };
+        debug_assert_eq!(r, Ok(()), "bad free_huge({base:?})");
+    }
 }
 
 /// Frames a CPU's cache holds at most.
@@ -820,6 +829,17 @@ unsafe impl<M: PhysMapper, C: CpuLocal, const CPUS: usize> FrameAllocator for Pe
         // SAFETY: `FrameAllocator::free_frame`'s promises are `free_page`'s.
         let r = unsafe { self.free_page(frame) };
         debug_assert_eq!(r, Ok(()), "bad free_frame({frame:?})");
+    }
+    fn allocate_huge(&self) -> Option<PhysAddr> {
+        // From the global allocator (draining the caches once if it has no aligned run);
+        // its pages may later come back one by one through `free_frame`.
+        self.alloc_run(HUGE_PAGES, HUGE_PAGES * PAGE_SIZE).ok()
+    }
+    unsafe fn free_huge(&self, base: PhysAddr) {
+        // SAFETY: `FrameAllocator::free_huge`'s promises are the global `free`'s for the
+        // 512 pages, which came from the global allocator.
+        let r = unsafe { self.global().free(base, HUGE_PAGES) };
+        debug_assert_eq!(r, Ok(()), "bad free_huge({base:?})");
     }
 }
 

@@ -11,7 +11,8 @@
 
 use crate::hw::{zero_frame, FrameAllocator, HwPtep, PhysMapper};
 use crate::level::{L0, L1};
-use crate::pte::PtElement;
+use crate::pte::{split_entry, PtElement};
+use crate::sync::AtomicU64;
 use crate::{PhysAddr, VirtAddr};
 
 /// Fills page-table entries for a mapping (OSv's `page_allocator`).
@@ -38,14 +39,29 @@ pub trait PageAllocator {
     /// whether something was mapped (so a TLB flush is due).
     ///
     /// The TLB may still hold the old translation until the caller's flush: a provider that
-    /// frees the page here relies on the flush happening before the frame is reused (today's
-    /// contract; a deferred-free gather like OSv's `tlb_gather` is planned).
+    /// frees the page here relies on the flush happening before the frame is reused. (Page
+    /// *tables* the walker unlinks wait in the flush token instead, see [`crate::flush`];
+    /// [`vma::AddressSpace`](crate::vma::AddressSpace) frees its anonymous pages itself after
+    /// the flush rather than through this method.)
     fn unmap(&self, addr: VirtAddr, offset: u64, ptep: HwPtep<'_, L0>) -> bool;
 
     /// Clears a 2 MiB entry mapping `addr`; as [`unmap`](Self::unmap).
+    ///
+    /// The walker merges 512 contiguous 4 KiB pages a provider installed into one 2 MiB
+    /// entry, so a provider without large pages of its own may still be asked to unmap one.
+    /// The default clears the entry and then gives each of its 512 pages to
+    /// [`unmap`](Self::unmap), as the 4 KiB entries they were (through a scratch entry), so
+    /// whatever per-page release a provider does in `unmap` still happens.
     fn unmap_huge(&self, addr: VirtAddr, offset: u64, ptep: HwPtep<'_, L1>) -> bool {
-        let _ = (addr, offset);
-        ptep.exchange(PtElement::empty()).present()
+        let old = ptep.exchange(PtElement::empty());
+        if old.is_leaf() {
+            for i in 0..512u64 {
+                let piece = AtomicU64::new(split_entry(old.raw(), 1, i));
+                let va = VirtAddr::new(addr.as_u64() + i * 4096);
+                self.unmap(va, offset + i * 4096, HwPtep::new(&piece));
+            }
+        }
+        old.present()
     }
 }
 
@@ -53,8 +69,11 @@ pub trait PageAllocator {
 /// plus zeroing): allocates a frame, zeroes it through the [`PhysMapper`], and installs it with
 /// `compare_exchange`, so two CPUs faulting on the same page end with one page and no leak.
 ///
-/// Large pages need 2 MiB of contiguous frames, which a [`FrameAllocator`] does not hand out,
-/// so `map_huge` declines and the walker uses 4 KiB pages.
+/// `map_huge` fills a 2 MiB entry the same way with a run from
+/// [`FrameAllocator::allocate_huge`] (zeroed frame by frame); it declines when the allocator
+/// has no 2 MiB-aligned run, and the caller falls back to 4 KiB pages. `unmap_huge` gives the
+/// 512 frames back one by one, which is right both for a run from `allocate_huge` and for a
+/// large page the walker merged from 512 separately allocated 4 KiB pages.
 #[derive(Debug)]
 pub struct AnonZero<A, M> {
     alloc: A,
@@ -111,6 +130,58 @@ impl<A: FrameAllocator, M: PhysMapper> PageAllocator for AnonZero<A, M> {
             unsafe {
                 self.alloc.free_frame(old.addr())
             };
+        }
+        old.present()
+    }
+
+    fn map_huge(&self, _offset: u64, ptep: HwPtep<'_, L1>, template: PtElement<L1>, _write: bool) -> bool {
+        let current = ptep.read();
+        if current.present() {
+            return true;
+        }
+        let Some(base) = self.alloc.allocate_huge() else { return false };
+        for i in 0..512 {
+            // SAFETY: the run was just allocated for us and is not mapped anywhere yet; each
+            // of its frames is reachable through the `PhysMapper` paired with the allocator.
+            #[allow(unsafe_code)]
+            unsafe {
+                zero_frame(&self.phys, PhysAddr::new(base.as_u64() + i * 4096))
+            };
+        }
+        let Ok(pte) = PtElement::<L1>::huge_page(base, template.flags()) else {
+            // SAFETY: the run is ours (just allocated) and was never published.
+            #[allow(unsafe_code)]
+            unsafe {
+                self.alloc.free_huge(base)
+            };
+            return false;
+        };
+        match ptep.compare_exchange(current, pte) {
+            Ok(_) => true,
+            Err(winner) => {
+                // SAFETY: the exchange failed, so no entry points at the run: still only ours.
+                #[allow(unsafe_code)]
+                unsafe {
+                    self.alloc.free_huge(base)
+                };
+                winner.present()
+            }
+        }
+    }
+
+    fn unmap_huge(&self, _addr: VirtAddr, _offset: u64, ptep: HwPtep<'_, L1>) -> bool {
+        let old = ptep.exchange(PtElement::empty());
+        if old.is_leaf() {
+            for i in 0..512 {
+                // SAFETY: the large page held frames this provider installed (a run from
+                // `map_huge`, or 4 KiB pages from `map` merged by the walker), each
+                // individually freeable; the entry is clear and the caller flushes before
+                // reuse (see `PageAllocator::unmap`).
+                #[allow(unsafe_code)]
+                unsafe {
+                    self.alloc.free_frame(PhysAddr::new(old.addr().as_u64() + i * 4096))
+                };
+            }
         }
         old.present()
     }

@@ -406,7 +406,6 @@ impl<L: HugeCapable> PtElement<L> {
 
 /// The entry at index `i` of the table a large leaf `raw` at level `level` (1 or 2) splits
 /// into: same rights, A/D, G and memory type, address advanced by `i` lower pages.
-#[cfg_attr(loom, allow(dead_code))]
 pub(crate) const fn split_entry(raw: u64, level: u8, i: u64) -> u64 {
     let (mask, lower_size) = if level == 1 { (bits::ADDR_2M, 4096) } else { (bits::ADDR_1G, 2 << 20) };
     let pat = raw & bits::PAT_HUGE != 0;

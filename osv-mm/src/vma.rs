@@ -6,7 +6,7 @@
 //!
 //! | VMA kind | read fault | write fault |
 //! |---|---|---|
-//! | anonymous | fresh zeroed page | fresh zeroed page |
+//! | anonymous | fresh zeroed page (2 MiB when possible) | fresh zeroed page (2 MiB when possible) |
 //! | private file | the file's page, mapped read-only | private copy of the file's page (copy-on-write) |
 //! | shared file | the file's page | the file's page, writable; [`msync`](AddressSpace::msync) writes it back |
 //! | physical | `base + offset` | `base + offset` |
@@ -21,9 +21,20 @@
 //! Partial overlaps split VMAs: unmapping or protecting the middle of a VMA leaves two (or
 //! three) VMAs behind, each with its own permissions and file offset.
 //!
+//! **Large pages for anonymous memory.** A fault in an anonymous VMA that covers the whole
+//! 2 MiB-aligned range around the address, with nothing of that range mapped yet, first asks
+//! the allocator for a 2 MiB-aligned run ([`FrameAllocator::allocate_huge`]) and maps it with
+//! one level-1 entry through the anonymous provider's `map_huge`
+//! ([`Mapper::populate_anon`]); if there is no such run it maps one 4 KiB page. A later
+//! `munmap`/`mprotect` of part of such a page splits it (the walker's split) and the pages
+//! keep their contents; the frames of a large page are freed one by one, which the
+//! allocator's `allocate_huge` contract allows.
+//!
 //! Every change to live translations returns (or flushes inside) a [`MapperFlush`]; the
-//! operations here take the kernel's [`TlbFlush`] and flush before they free a page, so a
-//! page is never reused while a stale translation may point at it.
+//! operations here take the kernel's [`TlbFlush`] and flush before they free a page or a
+//! page-table frame ([`Mapper::flush`]), so neither is reused while a stale translation may
+//! point at it. Each operation makes one [`TlbFlush::shootdown`] call per batch, naming the
+//! ranges it changed (or "all" past the thresholds of [`crate::flush`]).
 //!
 //! Stacks ([`AddressSpace::alloc_stack`]) are an anonymous VMA with a guard VMA of one page
 //! below it: nothing is ever mapped there, and a fault in it is reported as
@@ -38,9 +49,12 @@ use core::ops::Range;
 
 use crate::flush::{MapperFlush, TlbFlush};
 use crate::hw::{FrameAllocator, PhysMapper};
+use crate::level::PageSize;
 use crate::mapper::Mapper;
 use crate::pte::Flags;
 use crate::{Error, PhysAddr, VirtAddr, PAGE_SIZE};
+
+const SIZE_2M: u64 = 2 << 20;
 
 /// Errors of the mapping operations, errno style.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -400,7 +414,8 @@ impl<A: FrameAllocator, M: PhysMapper> AddressSpace<A, M> {
                 }
             }
         }
-        self.mapper.unmap(VirtAddr::new(s)..VirtAddr::new(e))?.flush(tlb);
+        let flush = self.mapper.unmap(VirtAddr::new(s)..VirtAddr::new(e))?;
+        self.mapper.flush(flush, tlb);
         for k in self.carve(s, e) {
             self.vmas.remove(&k);
         }
@@ -454,14 +469,33 @@ impl<A: FrameAllocator, M: PhysMapper> AddressSpace<A, M> {
             let v = self.vmas.get_mut(&k).expect("carved");
             v.perm = perm;
             let v = v.clone();
-            for p in (v.start..v.end).step_by(PAGE_SIZE as usize) {
-                if self.mapper.translate(VirtAddr::new(p)).is_some() {
-                    let flags = self.page_flags(&v, p);
-                    flush.merge(self.mapper.protect(VirtAddr::new(p)..VirtAddr::new(p + PAGE_SIZE), flags)?);
+            // Runs of present pages wanting the same flags, one `protect` each (so a large
+            // page protected whole stays whole).
+            let mut run: Option<(u64, u64, Flags)> = None;
+            let mut p = v.start;
+            while p <= v.end {
+                let want = (p < v.end && self.mapper.translate(VirtAddr::new(p)).is_some())
+                    .then(|| self.page_flags(&v, p));
+                match (run, want) {
+                    (Some((rs, re, f)), Some(w)) if re == p && f == w => run = Some((rs, p + PAGE_SIZE, f)),
+                    (cur, next) => {
+                        if let Some((rs, re, f)) = cur {
+                            let done = self.mapper.protect(VirtAddr::new(rs)..VirtAddr::new(re), f);
+                            match done {
+                                Ok(t) => self.mapper.merge_flush(&mut flush, t),
+                                Err(e) => {
+                                    self.mapper.flush(flush, tlb);
+                                    return Err(e.into());
+                                }
+                            }
+                        }
+                        run = next.map(|w| (p, p + PAGE_SIZE, w));
+                    }
                 }
+                p += PAGE_SIZE;
             }
         }
-        flush.flush(tlb);
+        self.mapper.flush(flush, tlb);
         Ok(())
     }
 
@@ -517,20 +551,36 @@ impl<A: FrameAllocator, M: PhysMapper> AddressSpace<A, M> {
                 // Copy-on-write: replace the file's page with a private copy.
                 let src = file.page(foff + offset).map_err(|_| Fault::Io)?;
                 let copy = self.copy_of(src)?;
-                self.mapper.unmap(va.clone()).map_err(|_| Fault::NoMemory)?.flush(tlb);
-                self.install(va, copy, v.perm, true)
+                match self.mapper.unmap(va.clone()) {
+                    Ok(flush) => self.mapper.flush(flush, tlb),
+                    Err(_) => {
+                        // SAFETY: our fresh copy, never mapped.
+                        unsafe { self.mapper.allocator().free_frame(copy) };
+                        return Err(Fault::NoMemory);
+                    }
+                }
+                self.install(va, copy, v.perm, true, tlb)
             }
             (_, Some(_)) => Ok(()),
             (Backing::Anon, None) => {
-                let frame = self.mapper.allocator().allocate_frame().ok_or(Fault::NoMemory)?;
-                let ptr = self.mapper.phys_mapper().frame_ptr(frame);
-                // SAFETY: a fresh frame of ours, not mapped anywhere yet.
-                unsafe { ptr.as_ptr().write_bytes(0, PAGE_SIZE as usize) };
-                self.install(va, frame, v.perm, true)
+                let chunk = page & !(SIZE_2M - 1);
+                if v.start <= chunk && chunk + SIZE_2M <= v.end {
+                    let whole = VirtAddr::new(chunk)..VirtAddr::new(chunk + SIZE_2M);
+                    // Declined (no 2 MiB run, or part of the range already mapped): 4 KiB.
+                    if let Ok(flush) = self.mapper.populate_anon(whole, v.perm, PageSize::Size2M) {
+                        self.mapper.flush(flush, tlb);
+                        return Ok(());
+                    }
+                }
+                let flush =
+                    self.mapper.populate_anon(va, v.perm, PageSize::Size4K).map_err(|_| Fault::NoMemory)?;
+                self.mapper.flush(flush, tlb);
+                Ok(())
             }
             (Backing::Phys { base }, None) => {
                 let pa = PhysAddr::new(base.as_u64() + offset);
-                self.mapper.map(va, pa, v.perm).map_err(|_| Fault::NoMemory)?.flush(tlb);
+                let flush = self.mapper.map(va, pa, v.perm).map_err(|_| Fault::NoMemory)?;
+                self.mapper.flush(flush, tlb);
                 Ok(())
             }
             (Backing::File { file, offset: foff, shared }, None) => {
@@ -538,12 +588,12 @@ impl<A: FrameAllocator, M: PhysMapper> AddressSpace<A, M> {
                 if !shared && access == Access::Write {
                     let copy = self.copy_of(src)?;
                     self.copies.insert(page);
-                    self.install(va, copy, v.perm, true).inspect_err(|_| {
+                    self.install(va, copy, v.perm, true, tlb).inspect_err(|_| {
                         self.copies.remove(&page);
                     })
                 } else {
                     let flags = self.page_flags(&v, page);
-                    self.install(va, src, flags, false)
+                    self.install(va, src, flags, false, tlb)
                 }
             }
             (Backing::Guard { .. }, None) => unreachable!("handled above"),
@@ -573,12 +623,14 @@ impl<A: FrameAllocator, M: PhysMapper> AddressSpace<A, M> {
         frame: PhysAddr,
         flags: Flags,
         ours: bool,
+        tlb: &dyn TlbFlush,
     ) -> Result<(), Fault> {
         let page = va.start.as_u64();
         match self.mapper.map(va, frame, flags) {
             Ok(flush) => {
-                // A not-present entry cannot be cached in the TLB: nothing to flush.
-                flush.ignore();
+                // A not-present entry cannot be cached in the TLB, so only a merge of the
+                // range into a 2 MiB page (which unlinks a table) leaves work here.
+                self.mapper.flush(flush, tlb);
                 if ours && !matches!(self.find(VirtAddr::new(page)).map(|v| &v.backing), Some(Backing::Anon))
                 {
                     self.copies.insert(page);

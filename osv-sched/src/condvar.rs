@@ -38,7 +38,7 @@ impl<P: Park> Condvar<P> {
     pub fn wait<'a, T: ?Sized>(&self, guard: MutexGuard<'a, T, P>) -> MutexGuard<'a, T, P> {
         let node = Node::new(P::current());
         {
-            let mut q = self.queue.lock();
+            let mut q = self.queue.lock::<P>();
             // SAFETY: `node` lives on this frame, which waits below until it
             // is granted; it was in no queue.
             unsafe { q.push(&node) };
@@ -63,7 +63,7 @@ impl<P: Park> Condvar<P> {
 
     /// Wakes the oldest waiter, if any.
     pub fn notify_one(&self) {
-        let next = self.queue.lock().grant_one();
+        let next = self.queue.lock::<P>().grant_one();
         if let Some(u) = next {
             u.unpark();
         }
@@ -72,7 +72,7 @@ impl<P: Park> Condvar<P> {
     /// Wakes every waiter.
     pub fn notify_all(&self) {
         loop {
-            let next = self.queue.lock().grant_one();
+            let next = self.queue.lock::<P>().grant_one();
             match next {
                 Some(u) => u.unpark(),
                 None => break,

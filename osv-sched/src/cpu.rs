@@ -3,7 +3,8 @@
 //! the kernel calls it with the time and does what the answer says (switch
 //! context, arm the one-shot timer, send IPIs).
 
-use crate::fair::{Fair, FairParams, RunQueue, Runtime};
+use crate::balance::CpuLoad;
+use crate::fair::{ExportedRuntime, Fair, FairParams, RunQueue, Runtime};
 use crate::time::Instant;
 use crate::timer::{TimerId, TimerList};
 use crate::CpuId;
@@ -50,10 +51,20 @@ pub struct CpuSched<T> {
 impl<T: Copy + PartialEq> CpuSched<T> {
     /// An idle CPU at time `now`.
     pub fn new(id: CpuId, params: FairParams, now: Instant) -> Self {
+        Self::with_queue(id, params, now, RunQueue::new())
+    }
+
+    /// An idle CPU whose run queue holds `threads` threads without
+    /// allocating (enqueue, pick and wake never allocate below that).
+    pub fn with_capacity(id: CpuId, params: FairParams, now: Instant, threads: usize) -> Self {
+        Self::with_queue(id, params, now, RunQueue::with_capacity(threads))
+    }
+
+    fn with_queue(id: CpuId, params: FairParams, now: Instant, queue: RunQueue<T>) -> Self {
         CpuSched {
             id,
             fair: Fair::new(params),
-            queue: RunQueue::new(),
+            queue,
             timers: TimerList::new(),
             current: None,
             switched_in: now,
@@ -102,7 +113,7 @@ impl<T: Copy + PartialEq> CpuSched<T> {
     /// the running thread's runtime if a preemption deadline is armed,
     /// `None` if the CPU is idle or the running thread is alone (no timer
     /// would make this CPU look at its wakeup rings).
-    pub fn published_runtime(&self) -> Option<f64> {
+    pub fn published_runtime(&self) -> Option<u64> {
         self.preempt_at?;
         self.current.as_ref().map(|c| c.0.scaled())
     }
@@ -161,16 +172,19 @@ impl<T: Copy + PartialEq> CpuSched<T> {
         self.charge(now);
         if !blocked {
             if let Some((cur, t)) = &self.current {
-                let keep = match self.queue.peek() {
-                    None => true,
+                let slice_end = self.switched_in + self.fair.params().granularity;
+                // One `time_until` serves both the decision and the new
+                // deadline (`Fair::preemption_deadline`, computed inline).
+                let (keep, deadline) = match self.queue.peek() {
+                    None => (true, None),
                     Some((head, _)) => {
-                        now < self.switched_in + self.fair.params().granularity
-                            || self.fair.time_until(cur, head) >= crate::fair::MIN_TIMER
+                        let left = self.fair.time_until(cur, head);
+                        (now < slice_end || left >= crate::fair::MIN_TIMER, Some((now + left).max(slice_end)))
                     }
                 };
                 if keep {
                     let t = *t;
-                    self.rearm(now);
+                    self.preempt_at = deadline;
                     return Resched {
                         next: Some(t),
                         switched: false,
@@ -223,6 +237,32 @@ impl<T: Copy + PartialEq> CpuSched<T> {
             blocked: None,
             timer: self.timer_deadline(),
         }
+    }
+
+    /// What the load balancer needs to know about this CPU
+    /// ([`crate::balance`]): runnable threads (queued and running) and the
+    /// caller-maintained decayed load `avg` ([`crate::balance::LoadAvg`]).
+    pub fn load(&self, avg: u64) -> CpuLoad {
+        CpuLoad { runnable: (self.queue.len() + usize::from(self.current.is_some())) as u32, avg }
+    }
+
+    /// Takes a queued thread off this CPU for migration (the one that would
+    /// run last here), charging the running thread up to `now` first. Its
+    /// runtime comes out independent of this CPU's scale; hand both to the
+    /// destination's [`CpuSched::migrate_in`]. `None` if nothing is queued
+    /// (the running thread is never migrated).
+    pub fn migrate_out(&mut self, now: Instant) -> Option<(ExportedRuntime, T)> {
+        self.charge(now);
+        let (rt, t) = self.queue.pop_last()?;
+        self.rearm(now);
+        Some((self.fair.export(rt), t))
+    }
+
+    /// Receives a migrated thread (from another CPU's
+    /// [`CpuSched::migrate_out`]) as runnable here; see [`CpuSched::wake`].
+    pub fn migrate_in(&mut self, now: Instant, rt: ExportedRuntime, thread: T) -> Preempt {
+        let rt = self.fair.import(rt);
+        self.wake(now, rt, thread)
     }
 
     /// Arms a timer on this CPU's list.

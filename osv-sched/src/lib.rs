@@ -12,7 +12,8 @@
 //!
 //! | layer | module | needs |
 //! |---|---|---|
-//! | fair policy: decaying runtimes, weights, the time-slice rule | [`fair`] | — (run queue: `alloc`) |
+//! | fair policy: decaying runtimes in fixed point, weights, the time-slice rule, an allocation-free run queue | [`fair`] | — (run queue: `alloc`) |
+//! | load balancing policy: who gives a thread to whom, with hysteresis | [`balance`] | — |
 //! | per-CPU timer lists with absolute deadlines | `timer` | `alloc` |
 //! | lock-free cross-CPU wakeup rings, IPI decision | [`wakeup`] | — |
 //! | wait/wake state machine, no lost wakeups | [`wait`] | — |
@@ -33,9 +34,16 @@
 //! `R`, switching when the running thread's `R` reaches the queue head's but
 //! not within `g` (the granularity) of switching it in. The guarantee: for
 //! threads continuously runnable on one CPU, `|U_i/w_i − U_j/w_j| ≤
-//! g·(1/w_i + 1/w_j)`, so each share of the CPU converges to `w_i/Σw`; a woken
+//! g·(1/w_i + 1/w_j)` (plus fixed-point terms below 1 µs with the defaults),
+//! so each share of the CPU converges to `w_i/Σw`; a woken
 //! or new thread cannot run ahead for more than `τ·ln(1 + w_new/w_head) + g`.
 //! The full statement and the measured convergence are in [`fair`].
+//!
+//! The whole scheduling path (charging, queueing, picking, the preemption
+//! deadline, the wakeup IPI decision) is integer arithmetic: no floating
+//! point, so no FPU state is touched by the scheduler. The run queue
+//! allocates nothing per enqueue, pick or wake (`fair::RunQueue`,
+//! `cpu::CpuSched::with_capacity`).
 //!
 //! # Tickless
 //!
@@ -113,6 +121,7 @@ extern crate std;
 mod sync;
 mod waitq;
 
+pub mod balance;
 pub mod condvar;
 #[cfg(any(test, feature = "alloc"))]
 pub mod cpu;

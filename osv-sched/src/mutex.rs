@@ -80,7 +80,7 @@ impl<T: ?Sized, P: Park> Mutex<T, P> {
     fn lock_slow(&self) {
         let node = Node::new(P::current());
         {
-            let mut q = self.waiters.lock();
+            let mut q = self.waiters.lock::<P>();
             loop {
                 let s = self.state.load(Ordering::Relaxed);
                 if s & LOCKED == 0 {
@@ -117,7 +117,7 @@ impl<T: ?Sized, P: Park> Mutex<T, P> {
     #[cold]
     fn unlock_slow(&self) {
         let next = {
-            let mut q = self.waiters.lock();
+            let mut q = self.waiters.lock::<P>();
             let next = q.grant_one();
             if next.is_none() {
                 // Unreachable by the WAITERS invariant; release anyway.

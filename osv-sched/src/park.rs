@@ -25,6 +25,24 @@ pub trait Park {
     /// Blocks until this thread's token is set, then clears it. May return
     /// spuriously; callers re-check their condition.
     fn park();
+
+    /// Disables preemption of the current thread (nesting). The mutex,
+    /// condvar and semaphore call it around the short spin-locked section of
+    /// their waiter queue, so the lock is never held across a preemption
+    /// point: a thread of the same CPU (or an interrupt handler posting a
+    /// semaphore) can then never spin on a holder that cannot run. A kernel
+    /// that takes these primitives in interrupt handlers implements it by
+    /// disabling interrupts. Default: nothing (host threads, whose spinning
+    /// the host OS resolves by preempting the spinner).
+    ///
+    /// Never called around [`Park::park`]: the queue lock is dropped first.
+    #[inline]
+    fn preempt_disable() {}
+
+    /// Undoes one [`Park::preempt_disable`]; a kernel reschedules here if a
+    /// preemption became due meanwhile. Default: nothing.
+    #[inline]
+    fn preempt_enable() {}
 }
 
 /// Host threads: `std::thread::park` and `Thread::unpark`.

@@ -15,15 +15,21 @@ enum RqOp {
     /// Insert a thread that ran this long (µs) before.
     Insert(u64, u32),
     Pop,
+    /// Take the thread that would run last (migration).
+    PopLast,
     /// Remove the n-th key issued (if still queued).
     Remove(usize),
+    /// Run another thread this long (ms): may renormalise, then resync.
+    Run(u64),
 }
 
 fn rq_op() -> impl Strategy<Value = RqOp> {
     prop_oneof![
         3 => (0u64..50, 1u32..8).prop_map(|(us, w)| RqOp::Insert(us, w)),
         2 => Just(RqOp::Pop),
+        1 => Just(RqOp::PopLast),
         1 => (0usize..64).prop_map(RqOp::Remove),
+        1 => (0u64..3000).prop_map(RqOp::Run),
     ]
 }
 
@@ -53,44 +59,72 @@ fn shares(sim: &mut Sim, threads: usize, from: Instant, to: Instant) -> Vec<f64>
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-    /// The run queue pops in (runtime, arrival) order, as a sorted `Vec`.
+    /// The run queue pops in (runtime, arrival) order, as a sorted `Vec`;
+    /// `pop_last` takes the model's last, `remove` by key works across
+    /// renormalisations, and a queue made `with_capacity` never grows.
     #[test]
-    fn run_queue_matches_sorted_vec(ops in proptest::collection::vec(rq_op(), 1..120)) {
-        let mut fair = Fair::new(FairParams::default());
-        let mut q = RunQueue::new();
-        let mut model: Vec<(f64, u64, u32)> = Vec::new();
+    fn run_queue_matches_sorted_vec(ops in proptest::collection::vec(rq_op(), 1..120), cap in 0usize..8) {
+        let mut fair = Fair::new(FairParams { tau: Nanos::from_millis(10), granularity: Nanos::from_millis(1) });
+        let mut q = RunQueue::with_capacity(cap);
+        let mut model: Vec<(Runtime, u64, u32)> = Vec::new();
         let mut keys = Vec::new();
         let mut seq = 0u64;
+        let mut other = Runtime::new(Weight::NORMAL);
+        let sort = |m: &mut Vec<(Runtime, u64, u32)>| m.sort_by_key(|e| (e.0.scaled(), e.1));
         for op in ops {
             match op {
                 RqOp::Insert(us, id) => {
                     let mut rt = Runtime::new(Weight::new(id * 512).unwrap());
-                    let _ = fair.charge(&mut rt, Nanos::from_micros(us));
-                    keys.push((q.insert(rt, id), rt.scaled(), seq));
-                    model.push((rt.scaled(), seq, id));
+                    let _ = fair.clone().charge(&mut rt, Nanos::from_micros(us));
+                    fair.sync(&mut rt);
+                    let full = q.len() >= q.capacity();
+                    match q.try_insert(rt, id) {
+                        Ok(key) => {
+                            prop_assert!(!full);
+                            keys.push((key, seq));
+                        }
+                        Err(back) => {
+                            prop_assert!(full);
+                            prop_assert_eq!(back, (rt, id));
+                            let cap = q.capacity();
+                            keys.push((q.insert(rt, id), seq));
+                            prop_assert!(q.capacity() > cap);
+                        }
+                    }
+                    model.push((rt, seq, id));
                     seq += 1;
                 }
                 RqOp::Pop => {
-                    model.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                    sort(&mut model);
                     let want = if model.is_empty() { None } else { Some(model.remove(0)) };
-                    let got = q.pop();
-                    prop_assert_eq!(got.map(|(rt, t)| (rt.scaled(), t)), want.map(|w| (w.0, w.2)));
+                    prop_assert_eq!(q.pop(), want.map(|w| (w.0, w.2)));
+                }
+                RqOp::PopLast => {
+                    sort(&mut model);
+                    prop_assert_eq!(q.pop_last(), model.pop().map(|w| (w.0, w.2)));
                 }
                 RqOp::Remove(n) => {
-                    if let Some(&(key, rtt, s)) = keys.get(n) {
+                    if let Some(&(key, s)) = keys.get(n) {
                         let pos = model.iter().position(|m| m.1 == s);
                         let got = q.remove(key);
-                        prop_assert_eq!(got.is_some(), pos.is_some());
-                        if let Some(p) = pos {
-                            prop_assert_eq!(got.unwrap().0.scaled(), rtt);
-                            model.remove(p);
+                        prop_assert_eq!(got, pos.map(|p| model.remove(p)).map(|w| (w.0, w.2)));
+                    }
+                }
+                RqOp::Run(ms) => {
+                    if fair.charge(&mut other, Nanos::from_millis(ms)).0 {
+                        q.resync(&fair);
+                        for m in &mut model {
+                            fair.sync(&mut m.0);
                         }
                     }
                 }
             }
             prop_assert_eq!(q.len(), model.len());
-            let head = model.iter().min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))).map(|m| m.2);
-            prop_assert_eq!(q.peek().map(|p| *p.1), head);
+            sort(&mut model);
+            prop_assert_eq!(q.peek().map(|p| *p.1), model.first().map(|m| m.2));
+            let order: Vec<u32> = q.iter().map(|p| *p.1).collect();
+            let want: Vec<u32> = model.iter().map(|m| m.2).collect();
+            prop_assert_eq!(order, want);
         }
     }
 
@@ -294,6 +328,60 @@ proptest! {
             }
             for (gp, owed) in &gps {
                 prop_assert_eq!(rcu.is_complete(gp), owed.iter().all(|o| !o));
+            }
+        }
+    }
+}
+
+proptest! {
+    /// The balancer on a fixed load (averages consistent with the counts):
+    /// applying `plan` until it answers `None` takes at most
+    /// `(Σr² - min Σr²)/2` moves, ends with every pair of CPUs within one
+    /// thread, never moves a thread straight back, and conserves threads.
+    /// `pull`/`push` only name moves that `plan`'s rule allows.
+    #[test]
+    fn balancer_converges_without_ping_pong(runnable in proptest::collection::vec(0u32..12, 1..=8)) {
+        use crate::balance::{BalanceParams, Balancer, CpuLoad};
+        use crate::CpuId;
+        let b = Balancer::new(BalanceParams::default());
+        let load = |r: &[u32]| -> Vec<CpuLoad> {
+            r.iter().map(|&n| CpuLoad { runnable: n, avg: u64::from(n) << 16 }).collect()
+        };
+        let mut r = runnable.clone();
+        let n = r.len() as u32;
+        let total: u32 = r.iter().sum();
+        let sq = |r: &[u32]| -> u32 { r.iter().map(|x| x * x).sum() };
+        let (q, rem) = (total / n, total % n);
+        let min_sq = rem * (q + 1) * (q + 1) + (n - rem) * q * q;
+        let bound = (sq(&r) - min_sq) / 2;
+        let mut moves = 0;
+        let mut last: Option<(CpuId, CpuId)> = None;
+        while let Some(m) = b.plan(&load(&r)) {
+            prop_assert!(moves < bound, "more than {} moves", bound);
+            prop_assert!(last != Some((m.to, m.from)), "ping-pong {:?}", m);
+            let before = sq(&r);
+            r[m.from.index()] -= 1;
+            r[m.to.index()] += 1;
+            prop_assert!(sq(&r) + 2 <= before);
+            last = Some((m.from, m.to));
+            moves += 1;
+        }
+        prop_assert_eq!(r.iter().sum::<u32>(), total);
+        prop_assert!(r.iter().max().unwrap() - r.iter().min().unwrap() <= 1, "{:?}", r);
+        // On the balanced result nobody pulls or pushes.
+        for cpu in 0..r.len() {
+            prop_assert_eq!(b.pull(CpuId::new(cpu as u32), &load(&r)), None);
+            prop_assert_eq!(b.push(CpuId::new(cpu as u32), &load(&r)), None);
+        }
+        // On the initial loads, pull/push name only allowed moves.
+        let l = load(&runnable);
+        for cpu in 0..l.len() {
+            let me = CpuId::new(cpu as u32);
+            if let Some(src) = b.pull(me, &l) {
+                prop_assert!(b.worth_moving(&l[src.index()], &l[cpu]));
+            }
+            if let Some(dst) = b.push(me, &l) {
+                prop_assert!(b.worth_moving(&l[cpu], &l[dst.index()]));
             }
         }
     }

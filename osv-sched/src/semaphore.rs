@@ -48,7 +48,7 @@ impl<P: Park> Semaphore<P> {
         }
         let node = Node::new(P::current());
         {
-            let mut q = self.queue.lock();
+            let mut q = self.queue.lock::<P>();
             // Releases add units only under the queue lock: a unit that is
             // not here now will be handed to us directly.
             if self.try_acquire() {
@@ -64,7 +64,7 @@ impl<P: Park> Semaphore<P> {
     /// Returns a unit (to the oldest waiter, if any).
     pub fn release(&self) {
         let next = {
-            let mut q = self.queue.lock();
+            let mut q = self.queue.lock::<P>();
             let next = q.grant_one();
             if next.is_none() {
                 self.count.fetch_add(1, Ordering::Release);

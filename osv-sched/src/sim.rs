@@ -8,7 +8,14 @@
 //! Sleep timers of a thread homed on CPU `h` live on CPU `(h + 1) % n`, so
 //! with more than one CPU every wakeup crosses CPUs through a ring, and an
 //! IPI (delivered at once) is sent exactly when the push says so.
+//!
+//! With [`Sim::enable_balancing`] the CPUs also run the [`crate::balance`]
+//! policy the way the kernel is meant to: a CPU about to idle pulls from the
+//! busiest CPU, and a CPU with queued threads pushes one to the least loaded
+//! CPU at each of its scheduling points (an IPI if that CPU was idle); each
+//! CPU keeps a [`LoadAvg`] updated at its scheduling points.
 
+use crate::balance::{BalanceParams, Balancer, CpuLoad, LoadAvg};
 use crate::cpu::{CpuSched, Preempt};
 use crate::fair::{FairParams, Runtime, Weight};
 use crate::time::{Instant, Nanos};
@@ -69,6 +76,7 @@ struct SimCpu {
     idle: bool,
     timer_interrupts: u64,
     ipis: u64,
+    load: LoadAvg,
 }
 
 /// The simulated machine.
@@ -78,7 +86,12 @@ pub struct Sim {
     cpus: Vec<SimCpu>,
     threads: Vec<SimThread>,
     wake: Box<WakeupMatrix<MAX_CPUS, RING>>,
+    balancer: Option<Balancer>,
+    migrations: u64,
 }
+
+/// The time constant of the simulated CPUs' [`LoadAvg`].
+pub const LOAD_AVG_TAU: Nanos = Nanos::from_millis(10);
 
 impl Sim {
     /// `cpus` idle CPUs (1 to [`MAX_CPUS`]) with the given policy.
@@ -98,11 +111,65 @@ impl Sim {
                     idle: true,
                     timer_interrupts: 0,
                     ipis: 0,
+                    load: LoadAvg::new(LOAD_AVG_TAU, now),
                 })
                 .collect(),
             threads: Vec::new(),
             wake: Box::new(WakeupMatrix::new()),
+            balancer: None,
+            migrations: 0,
         }
+    }
+
+    /// Turns on load balancing with the given policy (off by default, so
+    /// the other tests see threads stay on their home CPUs).
+    pub fn enable_balancing(&mut self, params: BalanceParams) {
+        self.balancer = Some(Balancer::new(params));
+    }
+
+    /// Threads migrated by the balancer so far.
+    pub fn migrations(&self) -> u64 {
+        self.migrations
+    }
+
+    /// Runnable threads (queued and running) on `cpu` now.
+    pub fn runnable(&self, cpu: usize) -> u32 {
+        self.cpus[cpu].sched.load(0).runnable
+    }
+
+    /// The CPU a thread belongs to now (its home, changed by migrations).
+    pub fn home(&self, thread: usize) -> usize {
+        self.threads[thread].home.index()
+    }
+
+    fn loads(&self) -> Vec<CpuLoad> {
+        self.cpus
+            .iter()
+            .map(|c| {
+                let runnable = c.sched.load(0).runnable;
+                CpuLoad { runnable, avg: c.load.at(self.now, runnable) }
+            })
+            .collect()
+    }
+
+    /// Moves one queued thread from `from` to `to` (the kernel would carry
+    /// it through a migration ring).
+    fn migrate(&mut self, from: usize, to: usize) {
+        let now = self.now;
+        self.account(from);
+        self.account(to);
+        let Some((rt, t)) = self.cpus[from].sched.migrate_out(now) else { return };
+        self.migrations += 1;
+        self.threads[t].home = CpuId::new(to as u32);
+        let dst = &mut self.cpus[to];
+        if dst.sched.migrate_in(now, rt, t) == Preempt::Yes || dst.idle {
+            if dst.idle {
+                dst.ipis += 1;
+            }
+            dst.need_resched = true;
+        }
+        let published = self.cpus[from].sched.published_runtime();
+        self.wake.set_running(CpuId::new(from as u32), published);
     }
 
     /// Starts a thread on CPU `home` now; returns its index.
@@ -173,6 +240,20 @@ impl Sim {
             let rt = self.threads[t].parked.take().expect("woken thread was parked");
             let _ = self.cpus[cpu].sched.wake(now, rt, t);
         }
+        let runnable = self.cpus[cpu].sched.load(0).runnable;
+        self.cpus[cpu].load.update(now, runnable);
+        if let Some(b) = self.balancer {
+            let c = &self.cpus[cpu].sched;
+            if c.queued() == 0 && (blocked || c.current().is_none()) {
+                // About to idle: pull. The load counts the blocking thread
+                // as gone.
+                let mut loads = self.loads();
+                loads[cpu].runnable = 0;
+                if let Some(src) = b.pull(CpuId::new(cpu as u32), &loads) {
+                    self.migrate(src.index(), cpu);
+                }
+            }
+        }
         let c = &mut self.cpus[cpu];
         c.need_resched = false;
         let prev = c.sched.current().map(|p| p.1);
@@ -187,6 +268,13 @@ impl Sim {
                 self.threads[t].burst_left = burst;
                 let tcpu = (cpu + 1) % self.cpus.len();
                 let _ = self.cpus[tcpu].sched.add_timer(now + sleep, t);
+            }
+        }
+        if let Some(b) = self.balancer {
+            if self.cpus[cpu].sched.queued() > 0 {
+                if let Some(dst) = b.push(CpuId::new(cpu as u32), &self.loads()) {
+                    self.migrate(cpu, dst.index());
+                }
             }
         }
         let c = &mut self.cpus[cpu];
@@ -313,6 +401,66 @@ mod tests {
         assert_eq!(sim.timer_interrupts(1), 0);
         assert_eq!(sim.timer_interrupts(0), 0, "alone: no preemption timer either");
         assert_eq!(sim.stats(0).cpu_time, Nanos::from_millis(1000));
+    }
+
+    #[test]
+    fn balancing_spreads_threads_and_then_stops() {
+        let mut sim = Sim::new(4, FairParams::default());
+        sim.enable_balancing(BalanceParams::default());
+        for _ in 0..8 {
+            sim.spawn(0, Weight::NORMAL, Workload::CpuBound);
+        }
+        sim.run_until(Instant(1_000_000_000));
+        for cpu in 0..4 {
+            assert_eq!(sim.runnable(cpu), 2, "cpu {cpu}");
+        }
+        let moved = sim.migrations();
+        // From [8,0,0,0] to [2,2,2,2]: at least 6 moves; each move lowers
+        // Σ runnable² by at least 2, so at most (64 - 16)/2.
+        assert!((6..=24).contains(&moved), "{moved} migrations");
+        let before: Vec<u64> = (0..8).map(|t| sim.stats(t).cpu_time.0).collect();
+        sim.run_until(Instant(2_000_000_000));
+        assert_eq!(sim.migrations(), moved, "balanced: no more migrations (no ping-pong)");
+        for (t, b) in before.iter().enumerate() {
+            let share = (sim.stats(t).cpu_time.0 - b) as f64 / 1e9;
+            assert!((share - 0.5).abs() < 0.01, "thread {t} got {share} of a CPU");
+        }
+    }
+
+    #[test]
+    fn balanced_system_migrates_nothing() {
+        let mut sim = Sim::new(4, FairParams::default());
+        sim.enable_balancing(BalanceParams::default());
+        for cpu in 0..4 {
+            sim.spawn(cpu, Weight::NORMAL, Workload::CpuBound);
+            sim.spawn(cpu, Weight::new(2048).unwrap(), Workload::CpuBound);
+        }
+        for cpu in 0..2 {
+            let work = Workload::Interactive { burst: Nanos::from_millis(1), sleep: Nanos::from_millis(5) };
+            sim.spawn(cpu, Weight::NORMAL, work);
+        }
+        sim.run_until(Instant(2_000_000_000));
+        assert_eq!(sim.migrations(), 0);
+        assert!(sim.stats(8).wakeups > 100 && sim.stats(9).wakeups > 100);
+    }
+
+    #[test]
+    fn balancing_keeps_both_cpus_busy_beside_a_sleeper() {
+        // CPU 1's only thread sleeps for long stretches; CPU 0 has three
+        // hogs. One hog moves to CPU 1 (pushed by CPU 0 or pulled when CPU 1
+        // idles) and stays: no CPU time is lost after the first scheduling
+        // points, and nothing ping-pongs.
+        let mut sim = Sim::new(2, FairParams::default());
+        sim.enable_balancing(BalanceParams { min_avg_imbalance: 0 });
+        for _ in 0..3 {
+            sim.spawn(0, Weight::NORMAL, Workload::CpuBound);
+        }
+        let work = Workload::Interactive { burst: Nanos::from_millis(1), sleep: Nanos::from_millis(50) };
+        sim.spawn(1, Weight::NORMAL, work);
+        sim.run_until(Instant(1_000_000_000));
+        let total: u64 = (0..4).map(|t| sim.stats(t).cpu_time.0).sum();
+        assert_eq!(sim.migrations(), 1);
+        assert!(total >= 2_000_000_000 - 2_000_000, "both CPUs kept busy: {total}");
     }
 
     #[test]

@@ -108,6 +108,31 @@ impl<const CAP: usize> WakeRing<CAP> {
     }
 }
 
+/// A woken thread's scaled runtime as [`WakeupMatrix::wake`] takes it:
+/// `u64` from [`crate::fair::Runtime::scaled`] (integer, the scheduler
+/// path), or `f64` for callers written against the earlier floating-point
+/// runtimes (saturating conversion: `0.0` means "ran least", so it preempts
+/// any running thread; kept for source compatibility only).
+pub trait WokenRuntime: Copy {
+    /// The runtime in the fixed-point scale of [`crate::fair::Runtime`].
+    fn to_scaled(self) -> u64;
+}
+
+impl WokenRuntime for u64 {
+    #[inline]
+    fn to_scaled(self) -> u64 {
+        self
+    }
+}
+
+impl WokenRuntime for f64 {
+    #[inline]
+    fn to_scaled(self) -> u64 {
+        // Saturating; NaN becomes 0.
+        self as u64
+    }
+}
+
 /// What a CPU publishes for wakers: whether it is idle and the scaled runtime
 /// of the thread it runs (see [`crate::fair::Runtime::scaled`]).
 #[derive(Debug)]
@@ -147,25 +172,33 @@ impl<const CPUS: usize, const CAP: usize> WakeupMatrix<CPUS, CAP> {
             rings: core::array::from_fn(|_| core::array::from_fn(|_| WakeRing::new())),
             status: core::array::from_fn(|_| CpuStatus {
                 idle: AtomicBool::new(false),
-                running_rtt: AtomicU64::new(f64::INFINITY.to_bits()),
+                running_rtt: AtomicU64::new(u64::MAX),
             }),
         }
     }
 
-    /// Wakes `thread` (whose scaled runtime on `dst` is `woken_rtt`) from CPU
-    /// `src` onto CPU `dst`. Lock-free; `Err` gives the thread back if the
-    /// ring is full.
+    /// Wakes `thread` (whose scaled runtime on `dst` is `woken_rtt`, see
+    /// [`crate::fair::Runtime::scaled`]) from CPU `src` onto CPU `dst`.
+    /// Lock-free, integer only; `Err` gives the thread back if the ring is
+    /// full.
     ///
     /// # Panics
     /// If a CPU index is out of range.
-    pub fn wake(&self, src: CpuId, dst: CpuId, thread: ThreadId, woken_rtt: f64) -> Result<Ipi, ThreadId> {
+    pub fn wake<R: WokenRuntime>(
+        &self,
+        src: CpuId,
+        dst: CpuId,
+        thread: ThreadId,
+        woken_rtt: R,
+    ) -> Result<Ipi, ThreadId> {
+        let woken_rtt = woken_rtt.to_scaled();
         self.rings[dst.index()][src.index()].push(thread)?;
         fence(Ordering::SeqCst);
         let status = &self.status[dst.index()];
         if status.idle.load(Ordering::Relaxed) {
             return Ok(Ipi::Needed);
         }
-        let running = f64::from_bits(status.running_rtt.load(Ordering::Relaxed));
+        let running = status.running_rtt.load(Ordering::Relaxed);
         Ok(if woken_rtt < running { Ipi::Needed } else { Ipi::NotNeeded })
     }
 
@@ -192,9 +225,9 @@ impl<const CPUS: usize, const CAP: usize> WakeupMatrix<CPUS, CAP> {
     /// The published runtime is a lower bound (the thread keeps running): a
     /// woken thread between it and the true value waits at most until the
     /// running thread's preemption deadline.
-    pub fn set_running(&self, cpu: CpuId, rtt: Option<f64>) {
-        let bits = rtt.unwrap_or(f64::INFINITY).to_bits();
-        self.status[cpu.index()].running_rtt.store(bits, Ordering::Relaxed);
+    pub fn set_running(&self, cpu: CpuId, rtt: Option<u64>) {
+        // `u64::MAX` stands for "none": no runtime compares above it.
+        self.status[cpu.index()].running_rtt.store(rtt.unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Destination side, before halting: announces idle, then checks the
@@ -238,14 +271,24 @@ mod tests {
     fn ipi_only_for_idle_or_preempting() {
         let m: WakeupMatrix<2, 4> = WakeupMatrix::new();
         let (a, b) = (CpuId::new(0), CpuId::new(1));
-        m.set_running(b, Some(5.0));
-        assert_eq!(m.wake(a, b, ThreadId(7), 9.0), Ok(Ipi::NotNeeded));
-        assert_eq!(m.wake(a, b, ThreadId(8), 1.0), Ok(Ipi::Needed));
+        m.set_running(b, Some(5));
+        assert_eq!(m.wake(a, b, ThreadId(7), 9u64), Ok(Ipi::NotNeeded));
+        assert_eq!(m.wake(a, b, ThreadId(8), 1u64), Ok(Ipi::Needed));
         assert!(!m.try_idle(b), "work is queued");
         let mut got = std::vec::Vec::new();
         assert_eq!(m.drain(b, |t| got.push(t)), 2);
         assert_eq!(got, [ThreadId(7), ThreadId(8)]);
         assert!(m.try_idle(b));
-        assert_eq!(m.wake(a, b, ThreadId(9), 9.0), Ok(Ipi::Needed));
+        assert_eq!(m.wake(a, b, ThreadId(9), 9u64), Ok(Ipi::Needed));
+    }
+
+    #[test]
+    fn float_runtimes_still_accepted() {
+        let m: WakeupMatrix<2, 4> = WakeupMatrix::new();
+        let (a, b) = (CpuId::new(0), CpuId::new(1));
+        m.set_running(b, Some(5));
+        assert_eq!(m.wake(a, b, ThreadId(1), 0.0), Ok(Ipi::Needed));
+        assert_eq!(m.wake(a, b, ThreadId(2), 9.5), Ok(Ipi::NotNeeded));
+        assert_eq!(m.wake(a, b, ThreadId(3), f64::NAN), Ok(Ipi::Needed));
     }
 }

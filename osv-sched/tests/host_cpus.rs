@@ -69,7 +69,7 @@ impl Machine {
         loop {
             // Woken runtime 0: conservative, an IPI whenever the CPU is busy
             // with a thread that has a preemption deadline.
-            match self.wake.wake(CpuId::new(src as u32), CpuId::new(dst as u32), ThreadId(t), 0.0) {
+            match self.wake.wake(CpuId::new(src as u32), CpuId::new(dst as u32), ThreadId(t), 0u64) {
                 Ok(Ipi::Needed) => return self.ipi(dst),
                 Ok(Ipi::NotNeeded) => return,
                 Err(_) => {

@@ -44,12 +44,12 @@ fn destination<const C: usize, const N: usize>(
 fn one_source_two_wakes_reach_an_idle_cpu() {
     builder().check(|| {
         let m: Arc<WakeupMatrix<2, 2>> = Arc::new(WakeupMatrix::new());
-        m.set_running(CpuId::new(1), Some(0.0));
+        m.set_running(CpuId::new(1), Some(0));
         let m2 = m.clone();
         let dst = thread::spawn(move || destination(&m2, CpuId::new(1), 2));
         let dst_thread = dst.thread().clone();
         for t in [7, 9] {
-            let ipi = m.wake(CpuId::new(0), CpuId::new(1), ThreadId(t), 1.0).unwrap();
+            let ipi = m.wake(CpuId::new(0), CpuId::new(1), ThreadId(t), 1u64).unwrap();
             if ipi == Ipi::Needed {
                 dst_thread.unpark();
             }
@@ -62,18 +62,18 @@ fn one_source_two_wakes_reach_an_idle_cpu() {
 fn two_sources_no_loss_no_duplicate() {
     builder().check(|| {
         let m: Arc<WakeupMatrix<3, 1>> = Arc::new(WakeupMatrix::new());
-        m.set_running(CpuId::new(2), Some(0.0));
+        m.set_running(CpuId::new(2), Some(0));
         let m2 = m.clone();
         let dst = thread::spawn(move || destination(&m2, CpuId::new(2), 2));
         let dst_thread = dst.thread().clone();
         let m3 = m.clone();
         let t2 = dst_thread.clone();
         let src1 = thread::spawn(move || {
-            if m3.wake(CpuId::new(1), CpuId::new(2), ThreadId(11), 1.0).unwrap() == Ipi::Needed {
+            if m3.wake(CpuId::new(1), CpuId::new(2), ThreadId(11), 1u64).unwrap() == Ipi::Needed {
                 t2.unpark();
             }
         });
-        if m.wake(CpuId::new(0), CpuId::new(2), ThreadId(10), 1.0).unwrap() == Ipi::Needed {
+        if m.wake(CpuId::new(0), CpuId::new(2), ThreadId(10), 1u64).unwrap() == Ipi::Needed {
             dst_thread.unpark();
         }
         src1.join().unwrap();
@@ -87,11 +87,11 @@ fn two_sources_no_loss_no_duplicate() {
 fn busy_cpu_gets_ipi_only_to_preempt() {
     builder().check(|| {
         let m: Arc<WakeupMatrix<2, 2>> = Arc::new(WakeupMatrix::new());
-        m.set_running(CpuId::new(1), Some(5.0));
+        m.set_running(CpuId::new(1), Some(5));
         let m2 = m.clone();
         let src = thread::spawn(move || {
-            let a = m2.wake(CpuId::new(0), CpuId::new(1), ThreadId(1), 9.0).unwrap();
-            let b = m2.wake(CpuId::new(0), CpuId::new(1), ThreadId(2), 1.0).unwrap();
+            let a = m2.wake(CpuId::new(0), CpuId::new(1), ThreadId(1), 9u64).unwrap();
+            let b = m2.wake(CpuId::new(0), CpuId::new(1), ThreadId(2), 1u64).unwrap();
             (a, b)
         });
         let mut got = Vec::new();
@@ -110,13 +110,13 @@ fn busy_cpu_gets_ipi_only_to_preempt() {
 fn full_ring_retries_without_loss() {
     builder().check(|| {
         let m: Arc<WakeupMatrix<2, 1>> = Arc::new(WakeupMatrix::new());
-        m.set_running(CpuId::new(1), Some(0.0));
+        m.set_running(CpuId::new(1), Some(0));
         let m2 = m.clone();
         let dst = thread::spawn(move || destination(&m2, CpuId::new(1), 3));
         let dst_thread = dst.thread().clone();
         for t in [1, 2, 3] {
             loop {
-                match m.wake(CpuId::new(0), CpuId::new(1), ThreadId(t), 1.0) {
+                match m.wake(CpuId::new(0), CpuId::new(1), ThreadId(t), 1u64) {
                     Ok(Ipi::Needed) => {
                         dst_thread.unpark();
                         break;

@@ -44,31 +44,56 @@
 //! # Locking, and the lock order
 //!
 //! OSv holds the vnode lock for a whole read or write. Here:
+//! - **the read path writes no shared cache line.** A `read`/`pread` of a
+//!   regular file (of a filesystem whose calls are short,
+//!   [`VnodeOps::short_calls`]: ramfs) finds its open file in the descriptor
+//!   table without a lock
+//!   word or a reference count that other CPUs write: the table is a
+//!   [`BrLock`] (a reader increments a count on its own stripe's cache line;
+//!   open, close, dup and dup2 take it exclusively), and the call borrows the
+//!   open file from it instead of cloning an `Arc`. In ramfs the read is a
+//!   seqlock-style copy ([`WriteSeq`]): it loads the file's write counters,
+//!   copies the bytes with relaxed atomic loads under the file's page-map
+//!   [`BrLock`] (its own stripe again), and checks that no write began
+//!   meanwhile. Reads do not update `atime` (there is no mount option asking
+//!   for it: `noatime`), and nothing else on the way is written.
 //! - **file data**: a byte-range lock per ramfs file ([`RangeLock`], usable
-//!   by any filesystem). Each call locks the bytes it touches: `read`/`pread`
-//!   shared, `write`/`pwrite` exclusively, so reads run concurrently with each
-//!   other, and writes to disjoint ranges of one file run concurrently with
-//!   each other and with reads elsewhere in the file. Calls on overlapping
-//!   ranges are granted in arrival order (no starvation either way).
+//!   by any filesystem). A write locks the bytes it touches exclusively, so
+//!   writes to disjoint ranges of one file run concurrently; a read takes its
+//!   range shared only when it cannot use the lock-free copy (a write of the
+//!   file was in flight on 3 tries), and then waits only for overlapping
+//!   writes. Calls on overlapping ranges are granted in arrival order (no
+//!   starvation either way).
 //!   Calls that move the end of the file lock from a point to infinity: a
 //!   truncate to `len` locks `[len, ∞)` (everything it cuts off or exposes);
 //!   an `O_APPEND` write reads the size, locks `[size, ∞)` and re-checks that
 //!   the size did not move meanwhile (it cannot move while that range is
 //!   held, since moving it needs a range reaching past it). A write that
 //!   extends the file raises the size (an atomic maximum) after copying its
-//!   data. Inside the locked range the bytes live in 4 KiB pages, each with
-//!   its own small lock held only while bytes are copied (two calls on
-//!   disjoint parts of one page share it), under a page-map `RwLock` that
-//!   writers take exclusively only to add a page and truncate to drop pages.
+//!   data. Inside the locked range the bytes live in 4 KiB pages of 8-byte
+//!   atomic words (a store to part of a word is an atomic read-modify-write,
+//!   so two writers of neighbouring bytes never undo each other), in a page
+//!   map behind a [`BrLock`]: readers and writers hold it shared across
+//!   their copy, a writer takes it exclusively only to add pages (before it
+//!   starts storing, holding nothing of it), truncate to drop and cut pages.
 //!
-//!   **The guarantee** (as POSIX.1-2017 XSH 2.9.7 asks of regular files): a
-//!   `read`/`pread`/`readv` sees each overlapping `write`/`pwrite`/`writev`
-//!   (all of its buffers) and each truncate either completely or not at all,
-//!   and overlapping writes land whole, one after the other; an `O_APPEND`
-//!   write lands whole at the end, never interleaved with another.
-//!   `SEEK_DATA`/`SEEK_HOLE` lock `[off, ∞)` shared. `stat` takes no range:
-//!   its size and block count are each current, not necessarily from the
-//!   same instant as a write in flight.
+//!   **What a reader sees.** A write or truncate counts as in flight from
+//!   when it starts storing (after it holds its range) until its last store.
+//!   A lock-free read returns the file (size and bytes) as it was at one
+//!   instant during the call at which no write or truncate of the file was
+//!   in flight: it sees every write and truncate of the file completely or
+//!   not at all. A read on the locked path sees each *overlapping* write or
+//!   truncate completely or not at all (as POSIX.1-2017 XSH 2.9.7 asks of
+//!   regular files); a write to other bytes that raises the size meanwhile
+//!   can make it return more bytes, those between the old end and that
+//!   write's range reading as zeros, as they are. Either way a read
+//!   concurrent with a truncate returns the bytes before or after it
+//!   (truncate changes the pages and the size under the page map's exclusive
+//!   lock), never a mix, freed memory or a panic. Overlapping writes land
+//!   whole, one after the other; an `O_APPEND` write lands whole at the end,
+//!   never interleaved with another. `SEEK_DATA`/`SEEK_HOLE` lock `[off, ∞)`
+//!   shared. `stat` takes no range: its size and block count are each
+//!   current, not necessarily from the same instant as a write in flight.
 //! - **directories**: an `RwLock` per directory over its entries. Lookups and
 //!   `readdir` share it; `create`, `mkdir`, `unlink`, `rmdir`, `rename`,
 //!   `link`, `symlink` take only the directories they change.
@@ -78,8 +103,17 @@
 //! Every path takes locks in this order, and never the other way:
 //!
 //! 1. VFS tables, each held briefly and never across a filesystem call: the
-//!    mount table (`RwLock`), the descriptor table (`Mutex`), the dentry cache
-//!    (`Mutex`), the cwd (`RwLock`).
+//!    mount table (`RwLock`), the dentry cache (`Mutex`), the cwd (`RwLock`);
+//!    and the descriptor table ([`BrLock`]), whose exclusive side (open,
+//!    close, dup, dup2) is held only to change a slot, never across a
+//!    filesystem call, and whose shared side is held across a call on a
+//!    regular file or a directory whose filesystem says its calls are short
+//!    ([`VnodeOps::short_calls`]: they never wait for outside events and
+//!    never use descriptors, so they never wait for the exclusive side nor
+//!    take the shared side a second time). Calls on other objects (a device
+//!    may wait for input; ZFS reads its disks through descriptors) take a
+//!    reference to the open file and release the table first, so a `close`
+//!    never waits for them.
 //! 2. A `File`'s offset mutex (read/write/lseek through a descriptor; `pread`
 //!    and `pwrite` skip it).
 //! 3. Inside the filesystem: the per-filesystem rename mutex (only for a
@@ -94,12 +128,15 @@
 //!    shared lock, drops it, takes the ordered set and re-checks.
 //! 5. A file's data locks, in this order: (a) its range lock, one range per
 //!    call, held for the whole call (a holder never waits for a second range
-//!    of the same file); (b) the page map `RwLock`; (c) one page's lock.
-//!    Readers hold (b) shared across their copy and take (c) inside it;
-//!    writers take (b) only to find or add a page and release it before
-//!    taking (c); truncate holds (b) exclusively and takes (c) of the page it
-//!    cuts in two. (The range lock's own mutex is a leaf: it is held only
-//!    while the list of ranges is checked or changed, never while waiting.)
+//!    of the same file); (b) the page-map [`BrLock`]. Writers take (b)
+//!    exclusively (to add pages) without holding it shared, then shared for
+//!    their copy; a lock-free reader takes only (b), shared; a reader on the
+//!    locked path takes (a) before (b), after releasing (b) from its
+//!    lock-free tries; truncate holds (a), then (b) exclusively. Nobody waits
+//!    for anything while holding (b) shared, so a writer waiting for (b)
+//!    exclusively always gets it. (The range lock's own mutex is a leaf: it
+//!    is held only while the list of ranges is checked or changed, never
+//!    while waiting.)
 //! 6. Leaf locks: a vnode's metadata mutex, a directory's parent pointer.
 //!
 //! A waiter spins (a CPU hint in a kernel; with `std`, a yield to the host's
@@ -196,6 +233,8 @@
 extern crate alloc;
 
 #[cfg(feature = "alloc")]
+pub mod brlock;
+#[cfg(feature = "alloc")]
 mod cache;
 #[cfg(feature = "alloc")]
 pub mod devfs;
@@ -208,10 +247,14 @@ pub mod ramfs;
 #[cfg(feature = "alloc")]
 pub mod range;
 #[cfg(feature = "alloc")]
+pub mod seq;
+#[cfg(feature = "alloc")]
 mod sync;
 #[cfg(feature = "alloc")]
 mod vfs;
 
+#[cfg(feature = "alloc")]
+pub use brlock::BrLock;
 #[cfg(feature = "alloc")]
 pub use devfs::{BlockDev, ConsoleSink, DevFs, EntropySource, Sector};
 #[cfg(feature = "std")]
@@ -227,6 +270,8 @@ pub use procfs::{CpuInfo, MemInfo, ProcFs, ProcSource};
 pub use ramfs::RamFs;
 #[cfg(feature = "alloc")]
 pub use range::{RangeGuard, RangeLock};
+#[cfg(feature = "alloc")]
+pub use seq::WriteSeq;
 #[cfg(feature = "alloc")]
 pub use vfs::{Fd, MountInfo, MountList, OpenFlags, Vfs, Whence, FD_LIMIT, MAX_SYMLINKS, NAME_MAX, PATH_MAX};
 

@@ -272,6 +272,18 @@ pub trait VnodeOps: Any + Send + Sync {
     fn lookup(&self, _name: &str) -> Result<VnodeRef> {
         Err(Errno::ENOTDIR)
     }
+    /// Are this vnode's data calls (`read`, `write`, `truncate`, `fsync`,
+    /// `seek_hole`, `getattr`) short: they never wait for an outside event
+    /// (input, a device, a disk) and never call the VFS's descriptor API,
+    /// directly or through a device the filesystem reads (a filesystem over a
+    /// block device that is opened through the VFS does)? Then a call through
+    /// a descriptor borrows the open file from the descriptor table for its
+    /// length instead of taking a reference, which keeps the read path free
+    /// of shared writes (see "Locking" in the crate docs); a `close` or `dup2`
+    /// meanwhile waits for it. The default, `false`, is always safe.
+    fn short_calls(&self) -> bool {
+        false
+    }
     /// May the VFS keep this directory's lookups in its dentry cache? A
     /// directory whose entries change behind the VFS's back (devfs: drivers
     /// register and remove devices) returns `false`, and every lookup in it

@@ -5,9 +5,11 @@
 //! written is a hole and reads as zeros (`SEEK_DATA`/`SEEK_HOLE` see them).
 //! Timestamps come from the [`Clock`] given to [`RamFs::new`]; reads do not
 //! touch `atime`. Locking follows the crate's lock order: per-directory
-//! `RwLock` over the entries, per-file `RwLock` over the data, a leaf mutex
-//! for metadata and one for a directory's parent pointer, and a
-//! per-filesystem rename mutex for renames between two directories.
+//! `RwLock` over the entries; per file a byte-range lock for writes, a
+//! sequence count that lets reads copy without locking, and a reader-scalable
+//! lock over the page map; a leaf mutex for metadata and one for a
+//! directory's parent pointer; and a per-filesystem rename mutex for renames
+//! between two directories.
 
 use alloc::boxed::Box;
 use alloc::collections::btree_map::Entry;
@@ -16,12 +18,14 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::any::Any;
 
+use crate::brlock::BrLock;
 use crate::ops::{
     Clock, Dirent, FsOps, HoleSeek, PollEvents, SetAttr, Stat, StatFs, Timespec, VType, VnodeOps, VnodeRef,
     WritePos,
 };
 use crate::range::RangeLock;
-use crate::sync::{Arc, AtomicU64, AtomicUsize, Mutex, Ordering, RwLock, RwLockWriteGuard, Weak};
+use crate::seq::WriteSeq;
+use crate::sync::{spin_loop, Arc, AtomicU64, AtomicUsize, Mutex, Ordering, RwLock, RwLockWriteGuard, Weak};
 use crate::{Errno, OpenFlags, Result};
 
 /// Page size of file data.
@@ -123,20 +127,107 @@ struct Meta {
     ctime: Timespec,
 }
 
-/// One page of file data. Its lock is held only while bytes are copied in
-/// or out; which call may touch which bytes is decided by the file's range
-/// lock.
-type Page = RwLock<Box<[u8]>>;
+/// Words in one page.
+const WORDS: usize = (PAGE / 8) as usize;
+
+/// How often a reader tries the lock-free copy (see [`FileData::read`])
+/// before it takes its byte range.
+const FAST_TRIES: usize = 3;
+
+/// One page of file data, as atomic words: a lock-free reader copies it with
+/// relaxed loads while a writer of other bytes (or, until the reader's
+/// validation fails, of the same bytes) stores into it. Which call may store
+/// which bytes is decided by the file's range lock.
+struct Page(Box<[AtomicU64]>);
+
+impl Page {
+    fn zeroed() -> Self {
+        Self((0..WORDS).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// Copies bytes `start..start + dst.len()` of the page (within it) out.
+    fn copy_out(&self, start: usize, dst: &mut [u8]) {
+        let mut pos = start;
+        let head = ((8 - pos % 8) % 8).min(dst.len());
+        let (head_dst, rest) = dst.split_at_mut(head);
+        if head > 0 {
+            let w = self.0[pos / 8].load(Ordering::Relaxed).to_ne_bytes();
+            head_dst.copy_from_slice(&w[pos % 8..pos % 8 + head]);
+            pos += head;
+        }
+        let full = rest.len() / 8;
+        let (body, tail) = rest.split_at_mut(full * 8);
+        for (d, w) in body.chunks_exact_mut(8).zip(&self.0[pos / 8..]) {
+            d.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        pos += full * 8;
+        if !tail.is_empty() {
+            let w = self.0[pos / 8].load(Ordering::Relaxed).to_ne_bytes();
+            tail.copy_from_slice(&w[..tail.len()]);
+        }
+    }
+
+    /// Stores `bytes` at byte `at` of one word, leaving its other bytes as
+    /// they are (another writer may own them: an atomic read-modify-write).
+    fn store_part(word: &AtomicU64, at: usize, bytes: &[u8]) {
+        if bytes.len() == 8 {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(bytes);
+            word.store(u64::from_ne_bytes(v), Ordering::Relaxed);
+            return;
+        }
+        let (mut v, mut m) = ([0u8; 8], [0u8; 8]);
+        v[at..at + bytes.len()].copy_from_slice(bytes);
+        m[at..at + bytes.len()].fill(0xff);
+        let (v, m) = (u64::from_ne_bytes(v), u64::from_ne_bytes(m));
+        let _ = word.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some((w & !m) | v));
+    }
+
+    /// Copies `src` into the page from byte `start` (within it).
+    fn copy_in(&self, start: usize, src: &[u8]) {
+        let mut pos = start;
+        let head = ((8 - pos % 8) % 8).min(src.len());
+        let (head_src, rest) = src.split_at(head);
+        if head > 0 {
+            Self::store_part(&self.0[pos / 8], pos % 8, head_src);
+            pos += head;
+        }
+        let full = rest.len() / 8;
+        let (body, tail) = rest.split_at(full * 8);
+        for (s, w) in body.chunks_exact(8).zip(&self.0[pos / 8..]) {
+            Self::store_part(w, 0, s);
+        }
+        pos += full * 8;
+        if !tail.is_empty() {
+            Self::store_part(&self.0[pos / 8], 0, tail);
+        }
+    }
+
+    /// Zeroes the page from byte `start` on.
+    fn zero_from(&self, start: usize) {
+        if !start.is_multiple_of(8) {
+            Self::store_part(&self.0[start / 8], start % 8, &[0; 8][..8 - start % 8]);
+        }
+        for w in &self.0[start.div_ceil(8)..] {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+}
 
 /// A regular file's data (see "Locking" in the crate docs).
 struct FileData {
-    /// Byte ranges in use: reads lock their range shared, writes theirs
-    /// exclusively, truncate and append everything from a point on.
+    /// Byte ranges in use: writes lock theirs exclusively, truncate and
+    /// append everything from a point on, and a read that cannot take the
+    /// lock-free path locks its range shared.
     ranges: RangeLock,
-    /// Page index -> page; a missing page is a hole. Writers hold it shared
-    /// to find a page (exclusively, briefly, to add one); readers hold it
-    /// shared across their copy; truncate holds it exclusively to drop pages.
-    pages: RwLock<BTreeMap<u64, Arc<Page>>>,
+    /// Counts writes (and truncates) begun and ended: a lock-free read
+    /// validates its copy against it.
+    seq: WriteSeq,
+    /// Page index -> page; a missing page is a hole. Readers and writers
+    /// hold it shared across their copy (a reader-scalable lock: a reader
+    /// writes only its stripe's line); a writer takes it exclusively to add
+    /// pages, truncate to drop them.
+    pages: BrLock<BTreeMap<u64, Page>>,
     /// The size. Bytes at or past it are zero in every page, and no page
     /// starts at or past it. Only a call holding a range that reaches past the
     /// old size can change it (see `write` and `truncate`).
@@ -145,22 +236,66 @@ struct FileData {
 
 impl FileData {
     fn new() -> Self {
-        Self { ranges: RangeLock::new(), pages: RwLock::new(BTreeMap::new()), size: AtomicU64::new(0) }
+        Self {
+            ranges: RangeLock::new(),
+            seq: WriteSeq::new(),
+            pages: BrLock::new(BTreeMap::new()),
+            size: AtomicU64::new(0),
+        }
     }
 
-    /// The page with index `idx`, added (zero-filled) if it is a hole; the
-    /// second value tells whether it was added.
-    fn page_for_write(&self, idx: u64) -> (Arc<Page>, bool) {
-        if let Some(p) = self.pages.read().get(&idx) {
-            return (p.clone(), false);
+    /// Copies from byte `off` into the buffers, up to the size; the bytes
+    /// copied. The caller holds the page map shared and either a snapshot
+    /// of `seq` (and validates the result) or the range it reads.
+    fn copy_to(&self, pages: &BTreeMap<u64, Page>, off: u64, iov: &mut [&mut [u8]]) -> usize {
+        let size = self.size.load(Ordering::Acquire);
+        let mut pos = off;
+        let mut total = 0;
+        for buf in iov.iter_mut() {
+            if pos >= size {
+                break;
+            }
+            let n = usize::try_from(size - pos).map_or(buf.len(), |r| r.min(buf.len()));
+            let mut done = 0;
+            while done < n {
+                let page = pos / PAGE;
+                let in_page = (pos % PAGE) as usize;
+                let chunk = (PAGE as usize - in_page).min(n - done);
+                let dst = &mut buf[done..done + chunk];
+                match pages.get(&page) {
+                    Some(p) => p.copy_out(in_page, dst),
+                    None => dst.fill(0),
+                }
+                done += chunk;
+                pos += chunk as u64;
+            }
+            total += n;
+            if n < buf.len() {
+                break;
+            }
         }
-        // Allocate outside the map lock; another writer may add the same page
-        // (another part of it) meanwhile, then ours is dropped.
-        let fresh = Arc::new(RwLock::new(alloc::vec![0u8; PAGE as usize].into_boxed_slice()));
-        match self.pages.write().entry(idx) {
-            Entry::Occupied(e) => (e.get().clone(), false),
-            Entry::Vacant(e) => (e.insert(fresh).clone(), true),
+        total
+    }
+
+    /// A read: first lock-free (a copy validated against `seq`, at most
+    /// [`FAST_TRIES`] times), then under the shared range.
+    fn read(&self, off: u64, iov: &mut [&mut [u8]]) -> usize {
+        for _ in 0..FAST_TRIES {
+            match self.seq.read_begin() {
+                Some(snap) => {
+                    let n = self.copy_to(&self.pages.read(), off, iov);
+                    if self.seq.read_validate(snap) {
+                        return n;
+                    }
+                }
+                None => spin_loop(),
+            }
         }
+        // A write is in flight or keeps coming: wait for the overlapping
+        // ones only. The page map is taken after the range (lock order).
+        let want: u64 = iov.iter().map(|b| b.len() as u64).sum();
+        let _range = self.ranges.read(off, off.saturating_add(want));
+        self.copy_to(&self.pages.read(), off, iov)
     }
 }
 
@@ -171,7 +306,7 @@ struct DirData {
 }
 
 enum Body {
-    File(FileData),
+    File(Box<FileData>),
     Dir { data: RwLock<DirData>, parent: Mutex<Weak<RamNode>> },
     Symlink(String),
 }
@@ -206,7 +341,7 @@ impl RamNode {
         let now = shared.clock.now();
         let ino = shared.next_ino.fetch_add(1, Ordering::Relaxed);
         let (body, nlink) = match kind {
-            NodeKind::File => (Body::File(FileData::new()), 1),
+            NodeKind::File => (Body::File(Box::new(FileData::new())), 1),
             NodeKind::Dir(parent) => (
                 Body::Dir {
                     data: RwLock::new(DirData { entries: BTreeMap::new(), subdirs: 0, removed: false }),
@@ -355,44 +490,18 @@ impl VnodeOps for RamNode {
         self
     }
 
+    /// Memory only: no call waits for anything but other calls on the same
+    /// file, and none uses the VFS.
+    fn short_calls(&self) -> bool {
+        true
+    }
+
     fn open(&self, _flags: OpenFlags) -> Result {
         Ok(())
     }
 
     fn read(&self, off: u64, iov: &mut [&mut [u8]]) -> Result<usize> {
-        let data = self.file_data()?;
-        let want: u64 = iov.iter().map(|b| b.len() as u64).sum();
-        // The whole call's range, shared: an overlapping write is seen whole
-        // or not at all.
-        let _range = data.ranges.read(off, off.saturating_add(want));
-        let size = data.size.load(Ordering::SeqCst);
-        let pages = data.pages.read();
-        let mut pos = off;
-        let mut total = 0;
-        for buf in iov.iter_mut() {
-            if pos >= size {
-                break;
-            }
-            let n = usize::try_from(size - pos).map_or(buf.len(), |r| r.min(buf.len()));
-            let mut done = 0;
-            while done < n {
-                let page = pos / PAGE;
-                let in_page = (pos % PAGE) as usize;
-                let chunk = (PAGE as usize - in_page).min(n - done);
-                let dst = &mut buf[done..done + chunk];
-                match pages.get(&page) {
-                    Some(p) => dst.copy_from_slice(&p.read()[in_page..in_page + chunk]),
-                    None => dst.fill(0),
-                }
-                done += chunk;
-                pos += chunk as u64;
-            }
-            total += n;
-            if n < buf.len() {
-                break;
-            }
-        }
-        Ok(total)
+        Ok(self.file_data()?.read(off, iov))
     }
 
     fn write(&self, pos: WritePos, iov: &[&[u8]]) -> Result<(usize, u64)> {
@@ -428,26 +537,61 @@ impl VnodeOps for RamNode {
         if end > MAX_FILE_SIZE {
             return Err(Errno::EFBIG);
         }
-        let mut p = start;
+        // Add the missing pages first (zero pages in place of holes read the
+        // same, so lock-free readers need not notice), allocated outside the
+        // exclusive map lock. Another writer may add one of them meanwhile
+        // (another part of a shared page); then ours is dropped. Once added,
+        // the pages stay: only a truncate removes pages in our range, and our
+        // range keeps it out. So the second look finds them all.
+        let (first, last) = (start / PAGE, (end - 1) / PAGE);
         let mut new_pages = 0;
-        for buf in iov {
-            let mut done = 0;
-            while done < buf.len() {
-                let idx = p / PAGE;
-                let in_page = (p % PAGE) as usize;
-                let chunk = (PAGE as usize - in_page).min(buf.len() - done);
-                let (page, added) = data.page_for_write(idx);
-                new_pages += u64::from(added);
-                page.write()[in_page..in_page + chunk].copy_from_slice(&buf[done..done + chunk]);
-                done += chunk;
-                p += chunk as u64;
+        let pages = loop {
+            let pages = data.pages.read();
+            let missing: Vec<u64> = (first..=last).filter(|i| !pages.contains_key(i)).collect();
+            if missing.is_empty() {
+                break pages;
             }
+            drop(pages);
+            let fresh: Vec<Page> = missing.iter().map(|_| Page::zeroed()).collect();
+            let mut pages = data.pages.write();
+            for (i, page) in missing.into_iter().zip(fresh) {
+                if let Entry::Vacant(e) = pages.entry(i) {
+                    e.insert(page);
+                    new_pages += 1;
+                }
+            }
+        };
+        {
+            let seq = data.seq.write_begin();
+            let mut p = start;
+            for buf in iov {
+                let mut done = 0;
+                while done < buf.len() {
+                    let in_page = (p % PAGE) as usize;
+                    let chunk = (PAGE as usize - in_page).min(buf.len() - done);
+                    // Present: see above.
+                    let Some(page) = pages.get(&(p / PAGE)) else {
+                        return Err(Errno::EIO);
+                    };
+                    page.copy_in(in_page, &buf[done..done + chunk]);
+                    done += chunk;
+                    p += chunk as u64;
+                }
+            }
+            // After the data: a reader of another range that sees the new size
+            // reads zeros (a hole) outside our range, which is what it holds.
+            // Skipped when the size does not grow, so that writes inside the
+            // file do not write the size's cache line.
+            if data.size.load(Ordering::Acquire) < end {
+                data.size.fetch_max(end, Ordering::AcqRel);
+            }
+            drop(pages);
+            drop(seq);
         }
-        // After the data: a reader of another range that sees the new size
-        // reads zeros (a hole) outside our range, which is what it holds.
-        data.size.fetch_max(end, Ordering::SeqCst);
         drop(range);
-        self.shared.pages.fetch_add(new_pages, Ordering::Relaxed);
+        if new_pages > 0 {
+            self.shared.pages.fetch_add(new_pages, Ordering::Relaxed);
+        }
         self.touch(true);
         Ok((len as usize, end))
     }
@@ -461,18 +605,22 @@ impl VnodeOps for RamNode {
         // that touches a byte it cuts off; an extension with every call that
         // reaches past the new end. Calls wholly below `len` go on meanwhile.
         let range = data.ranges.write(len, u64::MAX);
+        let seq = data.seq.write_begin();
         let gone = {
             let mut pages = data.pages.write();
             let gone = pages.split_off(&len.div_ceil(PAGE));
             if !len.is_multiple_of(PAGE) {
                 if let Some(p) = pages.get(&(len / PAGE)) {
-                    p.write()[(len % PAGE) as usize..].fill(0);
+                    p.zero_from((len % PAGE) as usize);
                 }
             }
-            gone.len() as u64
+            data.size.store(len, Ordering::Release);
+            gone
         };
-        data.size.store(len, Ordering::SeqCst);
+        drop(seq);
         drop(range);
+        // The pages go outside every lock.
+        let gone = gone.len() as u64;
         self.shared.pages.fetch_sub(gone, Ordering::Relaxed);
         self.touch(true);
         Ok(())
@@ -836,16 +984,25 @@ mod tests {
         v.as_any().downcast_ref::<RamNode>().unwrap()
     }
 
-    /// A call waits for a held overlapping range and only for that: with
-    /// `[0, 4096)` held, a write to the next page completes, a write and a
-    /// read overlapping the held range wait until it is released.
+    /// A call waits for a held overlapping range and only for that. With
+    /// `[0, 4096)` held as a writer holds it while it copies (its range and
+    /// an open write in the sequence count), a write to the next page
+    /// completes, and a write and a read overlapping the held range wait
+    /// until it is released. With only the range held (a writer that has
+    /// not started storing), a read goes ahead without it, lock-free, and
+    /// sees the old bytes.
     #[test]
     fn disjoint_writes_do_not_wait_overlapping_ones_do() {
         use std::sync::atomic::AtomicBool;
         let fs = fs();
         let f = fs.root().create("f", 0o644).unwrap();
         f.write(WritePos::At(0), &[&[1u8; 2 * PAGE as usize]]).unwrap();
-        let held = node(&f).file_data().unwrap().ranges.write(0, PAGE);
+        let data = node(&f).file_data().unwrap();
+        let held = data.ranges.write(0, PAGE);
+        let mut b = [0u8; 1];
+        assert_eq!(f.read(10, &mut [&mut b]).unwrap(), 1, "lock-free read with no write in flight");
+        assert_eq!(b, [1]);
+        let writing = data.seq.write_begin();
         let done = AtomicBool::new(false);
         std::thread::scope(|s| {
             // Would spin forever if writes to one file were serialised.
@@ -863,6 +1020,7 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
             assert!(!done.load(Ordering::SeqCst), "a call overlapping a held range went ahead");
+            drop(writing);
             drop(held);
             w.join().unwrap();
             r.join().unwrap();

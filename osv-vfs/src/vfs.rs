@@ -4,6 +4,7 @@ use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::brlock::BrLock;
 use crate::cache::DentryCache;
 use crate::ops::{
     Dirent, FsOps, HoleSeek, PollEvents, SetAttr, Stat, StatFs, Timespec, VType, VnodeRef, WritePos,
@@ -170,6 +171,11 @@ struct File {
     loc: Loc,
     flags: OpenFlags,
     pos: Mutex<u64>,
+    /// May a call borrow it from the descriptor table for its whole length
+    /// (see [`Vfs::with_file`])? Regular files and directories whose
+    /// filesystem says their calls are short
+    /// ([`VnodeOps::short_calls`](crate::VnodeOps::short_calls)).
+    borrow: bool,
 }
 
 impl Drop for File {
@@ -212,7 +218,10 @@ pub struct Vfs {
     mounts: RwLock<MountTable>,
     next_mount: AtomicU64,
     cache: DentryCache,
-    fds: Mutex<Vec<Option<Arc<File>>>>,
+    /// The descriptor table. Read-locked by every descriptor call (a reader
+    /// writes only its own stripe's cache line), write-locked by the calls
+    /// that change it (open, close, dup, dup2).
+    fds: BrLock<Vec<Option<Arc<File>>>>,
     cwd: RwLock<Loc>,
 }
 
@@ -257,7 +266,7 @@ impl Vfs {
             mounts: RwLock::new(MountTable { root: mnt, covered: BTreeMap::new(), parent: BTreeMap::new() }),
             next_mount: AtomicU64::new(2),
             cache: DentryCache::new(CACHE_CAPACITY),
-            fds: Mutex::new(Vec::new()),
+            fds: BrLock::new(Vec::new()),
             cwd: RwLock::new(root),
         })
     }
@@ -537,13 +546,36 @@ impl Vfs {
 
     // ----- descriptors -----
 
+    /// The open file of `fd`, with a reference of its own (for calls that
+    /// are not on the I/O path).
     fn file(&self, fd: Fd) -> Result<Arc<File>> {
-        let fds = self.fds.lock();
+        let fds = self.fds.read();
         fds.get(fd.0 as usize).and_then(Option::clone).ok_or(Errno::EBADF)
     }
 
+    /// Runs `op` on the open file of `fd`. For a regular file or a directory
+    /// whose calls are short
+    /// ([`VnodeOps::short_calls`](crate::VnodeOps::short_calls): ramfs) the
+    /// file is borrowed from the table, which stays read-locked during `op`: no
+    /// reference count is touched, so the call writes no cache line another
+    /// CPU's call writes. A `close` or `dup2` meanwhile waits for `op` to
+    /// finish, which is short. Other objects (a device may wait for input; a
+    /// filesystem may read its disk through a descriptor, which would take
+    /// the table again) get a reference of their own and the table is
+    /// released before `op`.
+    fn with_file<R>(&self, fd: Fd, op: impl FnOnce(&File) -> Result<R>) -> Result<R> {
+        let fds = self.fds.read();
+        let f = fds.get(fd.0 as usize).and_then(Option::as_ref).ok_or(Errno::EBADF)?;
+        if f.borrow {
+            return op(f);
+        }
+        let f = f.clone();
+        drop(fds);
+        op(&f)
+    }
+
     fn install(&self, file: Arc<File>) -> Result<Fd> {
-        let mut fds = self.fds.lock();
+        let mut fds = self.fds.write();
         let slot = match fds.iter().position(Option::is_none) {
             Some(i) => i,
             None if fds.len() < FD_LIMIT => {
@@ -557,7 +589,7 @@ impl Vfs {
     }
 
     fn table_full(&self) -> bool {
-        let fds = self.fds.lock();
+        let fds = self.fds.read();
         fds.len() >= FD_LIMIT && fds.iter().all(Option::is_some)
     }
 
@@ -593,7 +625,8 @@ impl Vfs {
             return Err(Errno::EISDIR);
         }
         loc.vn.open(flags)?;
-        let file = Arc::new(File { loc, flags, pos: Mutex::new(0) });
+        let borrow = matches!(kind, VType::Regular | VType::Directory) && loc.vn.short_calls();
+        let file = Arc::new(File { loc, flags, pos: Mutex::new(0), borrow });
         if flags.contains(OpenFlags::TRUNC) && kind == VType::Regular {
             file.loc.vn.truncate(0)?;
         }
@@ -637,7 +670,7 @@ impl Vfs {
     /// Closes a descriptor; the open file goes with its last descriptor.
     pub fn close(&self, fd: Fd) -> Result {
         let file = {
-            let mut fds = self.fds.lock();
+            let mut fds = self.fds.write();
             fds.get_mut(fd.0 as usize).and_then(Option::take).ok_or(Errno::EBADF)?
         };
         drop(file);
@@ -660,7 +693,7 @@ impl Vfs {
             return Ok(new);
         }
         let prev = {
-            let mut fds = self.fds.lock();
+            let mut fds = self.fds.write();
             let i = new.0 as usize;
             if fds.len() <= i {
                 fds.resize(i + 1, None);
@@ -678,19 +711,20 @@ impl Vfs {
 
     /// Scatter read at the file offset.
     pub fn readv(&self, fd: Fd, iov: &mut [&mut [u8]]) -> Result<usize> {
-        let f = self.file(fd)?;
-        if !f.flags.readable() {
-            return Err(Errno::EBADF);
-        }
-        if f.loc.is_dir() {
-            // Whatever the filesystem's `read` says (Linux: `EISDIR` for every
-            // directory, `generic_read_dir`).
-            return Err(Errno::EISDIR);
-        }
-        let mut pos = f.pos.lock();
-        let n = f.loc.vn.read(*pos, iov)?;
-        *pos += n as u64;
-        Ok(n)
+        self.with_file(fd, |f| {
+            if !f.flags.readable() {
+                return Err(Errno::EBADF);
+            }
+            if f.loc.is_dir() {
+                // Whatever the filesystem's `read` says (Linux: `EISDIR` for
+                // every directory, `generic_read_dir`).
+                return Err(Errno::EISDIR);
+            }
+            let mut pos = f.pos.lock();
+            let n = f.loc.vn.read(*pos, iov)?;
+            *pos += n as u64;
+            Ok(n)
+        })
     }
 
     /// Reads at `off`, leaving the file offset alone.
@@ -701,14 +735,15 @@ impl Vfs {
     /// Scatter read at `off`.
     pub fn preadv(&self, fd: Fd, iov: &mut [&mut [u8]], off: i64) -> Result<usize> {
         let off = u64::try_from(off).map_err(|_| Errno::EINVAL)?;
-        let f = self.file(fd)?;
-        if !f.flags.readable() {
-            return Err(Errno::EBADF);
-        }
-        if f.loc.is_dir() {
-            return Err(Errno::EISDIR);
-        }
-        f.loc.vn.read(off, iov)
+        self.with_file(fd, |f| {
+            if !f.flags.readable() {
+                return Err(Errno::EBADF);
+            }
+            if f.loc.is_dir() {
+                return Err(Errno::EISDIR);
+            }
+            f.loc.vn.read(off, iov)
+        })
     }
 
     /// Writes at the file offset (or the end, with `APPEND`) and advances it.
@@ -718,17 +753,18 @@ impl Vfs {
 
     /// Gather write at the file offset.
     pub fn writev(&self, fd: Fd, iov: &[&[u8]]) -> Result<usize> {
-        let f = self.file(fd)?;
-        if !f.flags.writable() {
-            return Err(Errno::EBADF);
-        }
-        let mut pos = f.pos.lock();
-        let at = if f.flags.contains(OpenFlags::APPEND) { WritePos::Append } else { WritePos::At(*pos) };
-        let (n, end) = f.loc.vn.write(at, iov)?;
-        if n > 0 {
-            *pos = end;
-        }
-        Ok(n)
+        self.with_file(fd, |f| {
+            if !f.flags.writable() {
+                return Err(Errno::EBADF);
+            }
+            let mut pos = f.pos.lock();
+            let at = if f.flags.contains(OpenFlags::APPEND) { WritePos::Append } else { WritePos::At(*pos) };
+            let (n, end) = f.loc.vn.write(at, iov)?;
+            if n > 0 {
+                *pos = end;
+            }
+            Ok(n)
+        })
     }
 
     /// Writes at `off` (at the end with `APPEND`, as Linux does), leaving the
@@ -740,12 +776,13 @@ impl Vfs {
     /// Gather write at `off`.
     pub fn pwritev(&self, fd: Fd, iov: &[&[u8]], off: i64) -> Result<usize> {
         let off = u64::try_from(off).map_err(|_| Errno::EINVAL)?;
-        let f = self.file(fd)?;
-        if !f.flags.writable() {
-            return Err(Errno::EBADF);
-        }
-        let at = if f.flags.contains(OpenFlags::APPEND) { WritePos::Append } else { WritePos::At(off) };
-        Ok(f.loc.vn.write(at, iov)?.0)
+        self.with_file(fd, |f| {
+            if !f.flags.writable() {
+                return Err(Errno::EBADF);
+            }
+            let at = if f.flags.contains(OpenFlags::APPEND) { WritePos::Append } else { WritePos::At(off) };
+            Ok(f.loc.vn.write(at, iov)?.0)
+        })
     }
 
     /// Moves the file offset. Directories accept `Set` and `Cur` only.

@@ -501,3 +501,68 @@ fn reading_a_directory_is_eisdir() {
     assert_eq!(v.read(fd, &mut [0u8; 4]), Err(Errno::EISDIR));
     assert_eq!(v.pread(fd, &mut [0u8; 4], 0), Err(Errno::EISDIR));
 }
+
+/// A filesystem whose one file reads through another descriptor of the same
+/// VFS, as ZFS in the demo kernel reads its disks: its calls are not short
+/// (the default), so a read through it takes its own reference and releases
+/// the descriptor table before calling in. Opens and closes on another
+/// thread meanwhile must not deadlock against the nested descriptor call
+/// (they would if the outer call kept the table's shared side).
+#[test]
+fn reentrant_filesystem_reads_beside_open_and_close() {
+    struct Relay {
+        vfs: std::sync::Weak<Vfs>,
+        inner: Fd,
+    }
+    impl crate::VnodeOps for Relay {
+        fn ino(&self) -> u64 {
+            1
+        }
+        fn vtype(&self) -> VType {
+            VType::Regular
+        }
+        fn as_any(&self) -> &dyn core::any::Any {
+            self
+        }
+        fn read(&self, off: u64, iov: &mut [&mut [u8]]) -> Result<usize> {
+            let vfs = self.vfs.upgrade().ok_or(Errno::EIO)?;
+            let off = i64::try_from(off).map_err(|_| Errno::EINVAL)?;
+            vfs.pread(self.inner, &mut *iov[0], off)
+        }
+    }
+    struct RelayFs(VnodeRef);
+    impl FsOps for RelayFs {
+        fn name(&self) -> &str {
+            "relay"
+        }
+        fn root(&self) -> VnodeRef {
+            self.0.clone()
+        }
+    }
+    let v = std::sync::Arc::new(vfs());
+    touch(&v, "/disk");
+    let disk = v.open("/disk", RW, 0).unwrap();
+    v.pwrite(disk, b"block", 0).unwrap();
+    v.mkdir("/m", 0o755).unwrap();
+    let relay: VnodeRef = Arc::new(Relay { vfs: std::sync::Arc::downgrade(&v), inner: disk });
+    assert!(!relay.short_calls());
+    v.mount("/m", Arc::new(RelayFs(relay))).unwrap();
+    let fd = v.open("/m", OpenFlags::RDONLY, 0).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(O::SeqCst) {
+                let f = v.open("/disk", OpenFlags::RDONLY, 0).unwrap();
+                v.close(f).unwrap();
+            }
+        });
+        for _ in 0..20_000 {
+            let mut b = [0u8; 5];
+            assert_eq!(v.pread(fd, &mut b, 0), Ok(5));
+            assert_eq!(&b, b"block");
+        }
+        stop.store(true, O::SeqCst);
+    });
+    v.close(fd).unwrap();
+    v.close(disk).unwrap();
+}

@@ -26,7 +26,9 @@
 use core::fmt;
 
 use crate::hal::{Dma, Hal, PhysAddr};
+use crate::irq::Wait;
 use crate::queue::{Buffer, QueueError, Segment, Token, VirtQueue};
+use crate::request::{self, Requests, Tracker};
 use crate::transport::{Features, Transport, TransportError};
 
 /// The queue size this driver asks for (the device may offer fewer).
@@ -217,10 +219,9 @@ pub struct VirtIOBlk<H: Hal, T: Transport> {
     queue: VirtQueue<H, QUEUE_SIZE>,
     reqs: Dma<H>,
     slot_busy: [bool; QUEUE_SIZE],
-    /// Indexed by token.
-    in_flight: [Option<InFlight>; QUEUE_SIZE],
-    /// Completions found by a blocking call for other tokens, by token.
-    stashed: [Option<Result<(), BlkError>>; QUEUE_SIZE],
+    /// Requests in flight, and completions a blocking call found for other
+    /// tokens, by token.
+    requests: Tracker<InFlight, Result<(), BlkError>, QUEUE_SIZE>,
     features: Features,
     capacity: u64,
     blk_size: u32,
@@ -276,8 +277,7 @@ impl<H: Hal, T: Transport> VirtIOBlk<H, T> {
             queue,
             reqs,
             slot_busy: [false; QUEUE_SIZE],
-            in_flight: [None; QUEUE_SIZE],
-            stashed: [None; QUEUE_SIZE],
+            requests: Tracker::new(),
             features,
             capacity,
             blk_size,
@@ -341,9 +341,8 @@ impl<H: Hal, T: Transport> VirtIOBlk<H, T> {
         if self.transport.reset().is_err() {
             self.transport.fail();
         }
-        self.in_flight = [None; QUEUE_SIZE];
+        self.requests.clear();
         self.slot_busy = [false; QUEUE_SIZE];
-        self.stashed = [None; QUEUE_SIZE];
     }
 
     fn check_range(&self, sector: u64, len: usize) -> Result<(), BlkError> {
@@ -447,7 +446,7 @@ impl<H: Hal, T: Transport> VirtIOBlk<H, T> {
                 });
             }
         };
-        self.in_flight[usize::from(token.index())] = Some(InFlight { slot, kind, data_len });
+        self.requests.insert(token, InFlight { slot, kind, data_len });
         self.queue.kick(&mut self.transport);
         Ok(token)
     }
@@ -506,9 +505,8 @@ impl<H: Hal, T: Transport> VirtIOBlk<H, T> {
     /// `Some(Err(_))`: the device broke the protocol; it has been reset, all
     /// requests in flight are lost, and the driver is broken.
     pub fn poll(&mut self) -> Option<Result<Completion, BlkError>> {
-        if let Some(i) = self.stashed.iter().position(Option::is_some) {
-            let result = self.stashed[i].take()?;
-            return Some(Ok(Completion { token: Token::from_index(i as u16), result }));
+        if let Some((token, result)) = self.requests.pop_stashed() {
+            return Some(Ok(Completion { token, result }));
         }
         self.poll_device()
     }
@@ -525,7 +523,7 @@ impl<H: Hal, T: Transport> VirtIOBlk<H, T> {
                 return Some(Err(BlkError::Queue(e)));
             }
         };
-        let Some(req) = self.in_flight[usize::from(token.index())].take() else {
+        let Some(req) = self.requests.complete(token) else {
             // The queue validated it is in flight, so this is ours; but stay total.
             self.break_device();
             return Some(Err(BlkError::UnknownToken));
@@ -548,25 +546,11 @@ impl<H: Hal, T: Transport> VirtIOBlk<H, T> {
         Some(Ok(Completion { token, result }))
     }
 
-    /// Waits for `token`, calling `wait` between polls; `wait` returning
-    /// `false` gives up (the device is reset so the buffer is free).
-    fn wait_for(&mut self, token: Token, wait: &mut dyn FnMut() -> bool) -> Result<(), BlkError> {
-        if let Some(r) = self.stashed[usize::from(token.index())].take() {
-            return r;
-        }
-        loop {
-            match self.poll_device() {
-                Some(Ok(c)) if c.token == token => return c.result,
-                Some(Ok(c)) => self.stashed[usize::from(c.token.index())] = Some(c.result),
-                Some(Err(e)) => return Err(e),
-                None => {
-                    if !wait() {
-                        self.break_device();
-                        return Err(BlkError::TimedOut);
-                    }
-                }
-            }
-        }
+    /// Waits for `token` through `wait` (see [`crate::irq`]); `wait`
+    /// returning `false` gives up (the device is reset so the buffer is
+    /// free).
+    fn wait_for(&mut self, token: Token, wait: &mut dyn Wait) -> Result<(), BlkError> {
+        request::wait_for(self, token, wait)
     }
 
     /// Reads `buf.len()` bytes (a multiple of the sector size) at `sector`
@@ -575,14 +559,15 @@ impl<H: Hal, T: Transport> VirtIOBlk<H, T> {
         self.read_blocks_with(sector, buf, &mut spin)
     }
 
-    /// [`read_blocks`](Self::read_blocks) calling `wait` between polls (a
-    /// kernel may halt until the next interrupt, or yield); `wait` returns
-    /// `false` to give up.
+    /// [`read_blocks`](Self::read_blocks) waiting through `wait` (any
+    /// `FnMut() -> bool` polls: spin, halt or yield; a kernel's interrupt
+    /// [`Wait`] parks until the queue's interrupt); `wait` returns `false`
+    /// to give up.
     pub fn read_blocks_with(
         &mut self,
         sector: u64,
         buf: &mut [u8],
-        wait: &mut dyn FnMut() -> bool,
+        wait: &mut dyn Wait,
     ) -> Result<(), BlkError> {
         self.check_range(sector, buf.len())?;
         let mut sector = sector;
@@ -607,7 +592,7 @@ impl<H: Hal, T: Transport> VirtIOBlk<H, T> {
         &mut self,
         sector: u64,
         buf: &[u8],
-        wait: &mut dyn FnMut() -> bool,
+        wait: &mut dyn Wait,
     ) -> Result<(), BlkError> {
         if self.readonly() {
             return Err(BlkError::NotSupported);
@@ -630,7 +615,7 @@ impl<H: Hal, T: Transport> VirtIOBlk<H, T> {
     }
 
     /// [`flush`](Self::flush) with a wait hook.
-    pub fn flush_with(&mut self, wait: &mut dyn FnMut() -> bool) -> Result<(), BlkError> {
+    pub fn flush_with(&mut self, wait: &mut dyn Wait) -> Result<(), BlkError> {
         if !self.features.contains(feature::FLUSH) {
             return if self.broken { Err(BlkError::Broken) } else { Ok(()) };
         }
@@ -639,12 +624,7 @@ impl<H: Hal, T: Transport> VirtIOBlk<H, T> {
     }
 
     /// Discards `count` sectors at `sector`, spinning until done.
-    pub fn discard_with(
-        &mut self,
-        sector: u64,
-        count: u32,
-        wait: &mut dyn FnMut() -> bool,
-    ) -> Result<(), BlkError> {
+    pub fn discard_with(&mut self, sector: u64, count: u32, wait: &mut dyn Wait) -> Result<(), BlkError> {
         let token = self.submit_discard(sector, count)?;
         self.wait_for(token, wait)
     }
@@ -653,6 +633,24 @@ impl<H: Hal, T: Transport> VirtIOBlk<H, T> {
 fn spin() -> bool {
     core::hint::spin_loop();
     true
+}
+
+impl<H: Hal, T: Transport> Requests for VirtIOBlk<H, T> {
+    type Output = ();
+    type Error = BlkError;
+    fn take_stashed(&mut self, token: Token) -> Option<Result<(), BlkError>> {
+        self.requests.take_stashed(token)
+    }
+    fn stash(&mut self, token: Token, result: Result<(), BlkError>) {
+        self.requests.stash(token, result);
+    }
+    fn poll_device(&mut self) -> Option<Result<(Token, Result<(), BlkError>), BlkError>> {
+        VirtIOBlk::poll_device(self).map(|r| r.map(|c| (c.token, c.result)))
+    }
+    fn give_up(&mut self) -> BlkError {
+        self.break_device();
+        BlkError::TimedOut
+    }
 }
 
 impl<H: Hal, T: Transport> Drop for VirtIOBlk<H, T> {

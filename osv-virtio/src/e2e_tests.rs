@@ -523,7 +523,7 @@ fn pci_probe_rejects_bad_capabilities() {
         TransportError::NotVirtio
     );
     // The common structure pointing past the end of the BAR.
-    bus.poke(blk_at, 0x48, 0x3ff0);
+    bus.poke(blk_at, 0x48, 0x7ff0); // the fake BAR is 0x8000 bytes
     assert_eq!(VirtioPciDevice::probe(&bus, blk_at).unwrap_err(), TransportError::MissingCapability(1));
     // Offset + length overflowing.
     bus.poke(blk_at, 0x48, u32::MAX);

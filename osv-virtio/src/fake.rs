@@ -365,6 +365,10 @@ struct DevState {
     queue_sel: u16,
     queues: Vec<QState>,
     isr: u32,
+    /// The MSI-X table (address low, high, data, control per entry) and
+    /// `config_msix_vector`.
+    msix_table: [u32; 4 * MSIX_ENTRIES as usize],
+    config_msix: Option<u16>,
     config: Vec<u8>,
     generation: u32,
     unstable_reads: u32,
@@ -378,6 +382,8 @@ struct DevState {
 
 #[derive(Clone, Debug, Default)]
 struct QState {
+    /// `queue_msix_vector` (`None`: `VIRTIO_MSI_NO_VECTOR`).
+    msix: Option<u16>,
     max: u16,
     num: u16,
     ready: bool,
@@ -392,6 +398,7 @@ impl DevState {
         self.status = 0;
         self.driver_features = 0;
         self.isr = 0;
+        self.config_msix = None;
         for q in &mut self.queues {
             *q = QState { max: q.max, num: q.max, ..Default::default() };
         }
@@ -546,6 +553,8 @@ impl FakeDevice {
                 usize::from(queues)
             ],
             isr: 0,
+            msix_table: [0; 4 * MSIX_ENTRIES as usize],
+            config_msix: None,
             config,
             generation: 0,
             unstable_reads: 0,
@@ -566,6 +575,21 @@ impl FakeDevice {
     /// Process queues when notified (default `true`).
     pub fn set_auto(&self, on: bool) {
         self.state().auto = on;
+    }
+    /// MSI-X table entry `i` of the PCI form: (message address, data,
+    /// masked).
+    pub fn msix_entry(&self, i: usize) -> Option<(u64, u32, bool)> {
+        let s = self.state();
+        let e = s.msix_table.get(4 * i..4 * i + 4)?;
+        Some((u64::from(e[0]) | u64::from(e[1]) << 32, e[2], e[3] & 1 != 0))
+    }
+    /// `queue_msix_vector` of `queue` (`None`: no vector).
+    pub fn queue_msix_vector(&self, queue: u16) -> Option<u16> {
+        self.state().queues.get(usize::from(queue)).and_then(|q| q.msix)
+    }
+    /// `config_msix_vector` (`None`: no vector).
+    pub fn config_msix_vector(&self) -> Option<u16> {
+        self.state().config_msix
     }
     /// Sets the virtio-mmio version register (1 = legacy).
     pub fn set_mmio_version(&self, v: u32) {
@@ -812,9 +836,16 @@ pub mod bar_layout {
     pub const DEVICE: u64 = 0x2000;
     /// Notifications at 0x3000, `notify_off_multiplier` 4.
     pub const NOTIFY: u64 = 0x3000;
+    /// The MSI-X table at 0x4000 ([`MSIX_ENTRIES`](super::MSIX_ENTRIES)
+    /// entries), its PBA at 0x4800.
+    pub const MSIX: u64 = 0x4000;
     /// BAR size.
-    pub const SIZE: u64 = 0x4000;
+    pub const SIZE: u64 = 0x8000;
 }
+
+/// MSI-X table entries of the fake PCI function.
+pub const MSIX_ENTRIES: u32 = 4;
+const NO_VECTOR: u16 = 0xffff;
 
 /// One fake PCI function's configuration space.
 #[derive(Debug)]
@@ -834,6 +865,10 @@ impl FakeFunction {
             self.cfg[i] = v; // high half: the size is below 4 GiB
         } else if i == 1 {
             self.cfg[1] = (self.cfg[1] & 0xffff_0000) | (v & 0xffff);
+        } else if i == 0x84 / 4 && self.cfg[i] & 0xff == 0x11 {
+            // MSI-X Message Control: only Enable and Function Mask are writable.
+            let keep = self.cfg[i] & !(0xc000 << 16);
+            self.cfg[i] = keep | (v & (0xc000 << 16));
         } else if i >= 4 {
             // Everything else past the header is read-only in this fake.
         }
@@ -884,8 +919,10 @@ impl FakePciBus {
         c[8] = (bar_base as u32 & !0xf) | 0x4; // BAR4: 64-bit memory
         c[9] = (bar_base >> 32) as u32;
         c[11] = device_id << 16 | 0x1af4;
-        c[13] = 0x84; // first capability: an MSI-X one to skip
-        c[0x84 / 4] = 0x0000_4011; // id 0x11, next 0x40
+        c[13] = 0x84; // first capability: MSI-X (PCI 3.0 §6.8.2)
+        c[0x84 / 4] = (MSIX_ENTRIES - 1) << 16 | 0x4011; // table size, next 0x40, id 0x11
+        c[0x88 / 4] = bar_layout::MSIX as u32 | 4; // table in BAR 4
+        c[0x8c / 4] = (bar_layout::MSIX + 0x800) as u32 | 4; // PBA in BAR 4
         let cap = |c: &mut [u32; 64], at: usize, next: u32, len: u32, typ: u32, off: u64, length: u32| {
             c[at / 4] = typ << 24 | len << 16 | next << 8 | 0x09;
             c[at / 4 + 1] = 4;
@@ -981,9 +1018,13 @@ impl FakePciRegion {
         }
         let at = self.base + offset as u64;
         let mut s = self.dev.state();
-        if at < bar_layout::ISR {
+        if at >= bar_layout::MSIX {
+            let i = ((at - bar_layout::MSIX) / 4) as usize;
+            s.msix_table.get(i).copied().unwrap_or(0)
+        } else if at < bar_layout::ISR {
             match at as usize {
-                common::CONFIG_MSIX_VECTOR | common::QUEUE_MSIX_VECTOR => 0xffff,
+                common::CONFIG_MSIX_VECTOR => u32::from(s.config_msix.unwrap_or(NO_VECTOR)),
+                common::QUEUE_MSIX_VECTOR => u32::from(s.q().and_then(|q| q.msix).unwrap_or(NO_VECTOR)),
                 o => s.read_reg(Self::common_reg(o)),
             }
         } else if at < bar_layout::DEVICE {
@@ -1002,9 +1043,23 @@ impl FakePciRegion {
         }
         let at = self.base + offset as u64;
         let mut s = self.dev.state();
-        if at < bar_layout::ISR {
-            let r = Self::common_reg(at as usize);
-            s.write_reg(r, value);
+        if at >= bar_layout::MSIX {
+            let i = ((at - bar_layout::MSIX) / 4) as usize;
+            if let Some(e) = s.msix_table.get_mut(i) {
+                *e = value;
+            }
+        } else if at < bar_layout::ISR {
+            // As QEMU: a vector past the table reads back as NO_VECTOR.
+            let v = (value < MSIX_ENTRIES).then_some(value as u16);
+            match at as usize {
+                common::CONFIG_MSIX_VECTOR => s.config_msix = v,
+                common::QUEUE_MSIX_VECTOR => {
+                    if let Some(q) = s.q() {
+                        q.msix = v;
+                    }
+                }
+                o => s.write_reg(Self::common_reg(o), value),
+            }
         } else if at < bar_layout::DEVICE {
         } else if at < bar_layout::NOTIFY {
             s.config_write((at - bar_layout::DEVICE) as usize, width, value);
@@ -1177,6 +1232,57 @@ impl Backend for RngBackend {
 
 // ---------------------------------------------------------------------------
 // Fuzzing
+
+/// The body of the `virtio_pci_probe` fuzz target (also run over its seed
+/// corpus by the unit tests): `data` is a virtio function's configuration
+/// space after the header's first dword (the device writes all of it: the
+/// capability list, the virtio structures, the MSI-X capability) over the
+/// fake's decoding BAR 4. The probe must return a value or a typed error,
+/// and every region it returns must lie inside the BAR; enabling MSI-X and
+/// building a transport on a successful probe must not panic either.
+/// Returns whether the probe accepted the function with an MSI-X table.
+pub fn fuzz_pci_probe(data: &[u8]) -> bool {
+    use crate::transport::pci::{Bdf, Msix, PciTransport, VirtioPciDevice};
+    const BAR: u64 = 0x8_0000_0000;
+    let bus = FakePciBus::new();
+    let Some(bdf) = Bdf::new(0, 1, 0) else { return false };
+    bus.add_virtio(bdf, 2, false, BAR);
+    // Keep the vendor/device dword (so the probe gets past the ID check)
+    // and the BAR registers (so BAR 4 decodes); the rest is the input.
+    for (i, chunk) in data.chunks(4).take(63).enumerate() {
+        let off = 4 * (i + 1);
+        if (0x20..0x28).contains(&off) {
+            continue;
+        }
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        bus.poke(bdf, off as u8, u32::from_le_bytes(w));
+    }
+    let Ok(info) = VirtioPciDevice::probe(&bus, bdf) else { return false };
+    let inside = |r: &crate::transport::pci::CapRegion| {
+        r.phys.as_u64() >= BAR
+            && r.phys.as_u64() - BAR + u64::from(r.length) <= bar_layout::SIZE
+            && r.phys.as_u64() == BAR + u64::from(r.offset)
+    };
+    assert!(inside(&info.common) && inside(&info.notify) && inside(&info.isr));
+    assert!(info.device.as_ref().is_none_or(inside));
+    if let Some(m) = info.msix {
+        assert!(inside(&m.table), "MSI-X table outside the BAR: {m:?}");
+        assert!(m.table_size >= 1 && m.table_size <= 2048);
+    }
+    let hal = FakeHal::new();
+    let dev = FakeDevice::new(&hal, Box::new(BlkBackend::new(8)), 1, 8);
+    let mut mapper = FakeBarMapper::new(&dev, BAR);
+    if let Ok(mut t) = PciTransport::new(&bus, &info, &mut mapper) {
+        if let Ok(msix) = Msix::enable(&bus, &info, &mut mapper) {
+            let _ = msix.set(0, crate::transport::pci::MsiMessage::x86(0, 0x50));
+            let _ = msix.set(msix.size(), crate::transport::pci::MsiMessage::x86(0, 0x50));
+        }
+        let _ = t.set_queue_msix_vector(0, 0);
+        let _ = t.set_config_msix_vector(1);
+    }
+    info.msix.is_some()
+}
 
 /// The body of the `virtio_used_ring` fuzz target (also run over the seed
 /// corpus by the unit tests): `data` configures a blk device (features,

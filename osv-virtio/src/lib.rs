@@ -33,7 +33,13 @@
 //!    `receive(|frame| ..)`/`transmit(frame)`, and `smoltcp::phy::Device`
 //!    with the `smoltcp` feature) and [`console::VirtIOConsole`] (§5.3,
 //!    single port, a `core::fmt::Write` sink).
-//! 6. virtio-fs ([`fs`], §5.11): the FUSE wire protocol with checked reply
+//! 6. Completion ([`irq`]): every blocking call waits through [`irq::Wait`]
+//!    (register as the queue's waiter, check the used ring, then park or
+//!    spin), which a kernel implements with park/unpark and the interrupt
+//!    handler body [`irq::on_interrupt`]; any `FnMut() -> bool` polls.
+//!    virtio-blk and virtio-fs share one request tracker (in-flight records,
+//!    stashed completions, the wait loop).
+//! 7. virtio-fs ([`fs`], §5.11): the FUSE wire protocol with checked reply
 //!    parsing ([`fs::proto`]), the [`fs::VirtIOFs`] driver (hiprio queue
 //!    for `FUSE_FORGET`, a request queue with several requests in flight),
 //!    and with the `vfs` feature `fs::VirtioFs`, an osv-vfs filesystem
@@ -147,9 +153,13 @@ mod e2e_tests;
 pub mod fake;
 pub mod fs;
 pub mod hal;
+pub mod irq;
+#[cfg(test)]
+mod irq_tests;
 pub mod mmio;
 pub mod net;
 pub mod queue;
+mod request;
 pub mod rng;
 mod sync;
 pub mod transport;

@@ -35,7 +35,7 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use crate::hal::{AllocError, Dma, Hal, PhysAddr, PAGE_SIZE};
-use crate::sync::{fence, Ordering};
+use crate::sync::{dma_fence as fence, DmaOrdering as Ordering};
 use crate::transport::{Transport, TransportError};
 
 /// `VIRTQ_DESC_F_NEXT`: the chain continues in `next`.

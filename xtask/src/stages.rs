@@ -127,6 +127,11 @@ pub fn cmd_test(mut args: Args) -> Result<(), String> {
         });
     }
     stage("kernel-tests-plain-command", &mut || kernel_tests(&elf, Machine::Pc, true, sym.as_ref()));
+    for machine in [Machine::Microvm, Machine::Q35] {
+        stage(&format!("kernel-tests-smp4-{}", machine.name()), &mut || {
+            kernel_tests_smp(&elf, machine, 4, sym.as_ref())
+        });
+    }
     for machine in [Machine::Q35, Machine::Microvm] {
         stage(&format!("kernel-tests-virtiofs-{}", machine.name()), &mut || {
             virtiofs_tests(&elf, machine, sym.as_ref())
@@ -285,6 +290,34 @@ fn kernel_tests(elf: &Path, machine: Machine, plain: bool, sym: Option<&Symboliz
         }
         Verdict::Passed { passed } => {
             Ok(format!("{passed} in-kernel tests passed in {:.1} s", run.wall.as_secs_f64()))
+        }
+        Verdict::Failed(why) => {
+            Err(format!("{why}\nlast serial lines:\n{}{}", tail(&run.lines, 20), stderr(&run)))
+        }
+    }
+}
+
+/// The suites whose behaviour depends on the CPU count (scheduler, memory
+/// management with its TLB shootdowns), on `cpus` CPUs; the kernel is told
+/// how many (`cpus=N`), so its SMP tests fail rather than skip if fewer
+/// came up. Everything else runs once, on one CPU, in `kernel-tests-*`.
+fn kernel_tests_smp(elf: &Path, machine: Machine, cpus: u32, sym: Option<&Symbolizer>) -> StageResult {
+    let mut b = Boot::new(elf, machine);
+    b.smp = cpus;
+    b.append = format!("tests=sched::,mm:: cpus={cpus}");
+    b.timeout = Duration::from_secs(240);
+    let run = qemu::boot(&b, sym).map_err(|e| format!("starting QEMU: {e}"))?;
+    match judge(run.status, run.timed_out, &run.lines) {
+        Verdict::Passed { passed } => {
+            let smp = run
+                .lines
+                .iter()
+                .filter(|l| l.starts_with("test sched::smp_") || l.starts_with("test mm::smp_"));
+            let skipped = smp.clone().filter(|l| !l.contains(" ... ok")).count();
+            if skipped > 0 || smp.count() == 0 {
+                return Err(format!("SMP tests did not all run on {cpus} CPUs\n{}", tail(&run.lines, 20)));
+            }
+            Ok(format!("{passed} in-kernel tests passed on {cpus} CPUs in {:.1} s", run.wall.as_secs_f64()))
         }
         Verdict::Failed(why) => {
             Err(format!("{why}\nlast serial lines:\n{}{}", tail(&run.lines, 20), stderr(&run)))

@@ -240,3 +240,107 @@ osv_thread_trampoline:
     callq *%r12
     ud2
     .text
+
+/* Application-processor start (smp.rs). The bytes from
+ * osv_ap_trampoline_start to osv_ap_trampoline_end are copied to a free page
+ * below 1 MiB; a start-up IPI starts the AP there in real mode with CS =
+ * page >> 4 and IP = 0 (SDM vol. 3A §8.4.4.1, §9.1.4). The copy's GDT
+ * pointer and far-jump target are patched with absolute addresses by the
+ * BSP (osv_ap_gdt_ptr_off, osv_ap_far32_off). The AP goes to protected mode,
+ * then to long mode on the boot page tables (identity 0-4 GiB, in .bss and
+ * never freed) and jumps into the kernel image, where it loads the kernel's
+ * CR3, stack and argument from osv_ap_boot (written by the BSP for one AP
+ * at a time). */
+    .section .rodata.osv_ap_trampoline, "a", @progbits
+    .balign 16
+    .global osv_ap_trampoline_start
+    .code16
+osv_ap_trampoline_start:
+    cli
+    cld
+    movw %cs, %ax
+    movw %ax, %ds
+    lgdtl (osv_ap_gdt_ptr - osv_ap_trampoline_start)
+    movl %cr0, %eax
+    orl $1, %eax
+    movl %eax, %cr0
+    ljmpl *(osv_ap_far32 - osv_ap_trampoline_start)
+    .code32
+osv_ap_pm32:
+    movl $0x10, %eax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    /* CR4: PAE, OSFXSR, OSXMMEXCPT, as on the BSP. */
+    movl %cr4, %eax
+    orl $0x620, %eax
+    movl %eax, %cr4
+    movl $osv_boot_pml4, %eax
+    movl %eax, %cr3
+    /* EFER.LME and EFER.NXE (the kernel's tables use NX). */
+    movl $0xc0000080, %ecx
+    rdmsr
+    orl $0x900, %eax
+    wrmsr
+    /* CR0: PG, WP, NE, MP, PE set; EM and TS clear. */
+    movl %cr0, %eax
+    andl $0xfffffff3, %eax
+    orl $0x80010023, %eax
+    movl %eax, %cr0
+    ljmp $0x08, $osv_ap_start64
+    .balign 8
+osv_ap_gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff    /* 0x08: 64-bit code */
+    .quad 0x00cf92000000ffff    /* 0x10: data */
+    .quad 0x00cf9a000000ffff    /* 0x18: 32-bit code */
+osv_ap_gdt_ptr:
+    .word 31
+    .long 0                     /* patched: page + osv_ap_gdt offset */
+    .balign 4
+osv_ap_far32:
+    .long 0                     /* patched: page + osv_ap_pm32 offset */
+    .word 0x18
+    .global osv_ap_trampoline_end
+osv_ap_trampoline_end:
+    .balign 8
+    .global osv_ap_gdt_off
+osv_ap_gdt_off:
+    .quad osv_ap_gdt - osv_ap_trampoline_start
+    .global osv_ap_gdt_ptr_off
+osv_ap_gdt_ptr_off:
+    .quad osv_ap_gdt_ptr - osv_ap_trampoline_start
+    .global osv_ap_far32_off
+osv_ap_far32_off:
+    .quad osv_ap_far32 - osv_ap_trampoline_start
+    .global osv_ap_pm32_off
+osv_ap_pm32_off:
+    .quad osv_ap_pm32 - osv_ap_trampoline_start
+
+    .section .data.osv_ap_boot, "aw", @progbits
+    .balign 8
+    .global osv_ap_boot
+osv_ap_boot:                    /* cr3, stack top, argument */
+    .quad 0, 0, 0
+
+    .section .text.osv_ap64, "ax", @progbits
+    .code64
+osv_ap_start64:
+    movl $0x10, %eax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    xorl %eax, %eax
+    movw %ax, %fs
+    movw %ax, %gs
+    movq osv_ap_boot(%rip), %rax
+    movq %rax, %cr3
+    movq osv_ap_boot + 8(%rip), %rsp
+    movq osv_ap_boot + 16(%rip), %rdi
+    xorl %ebp, %ebp
+    fninit
+    call osv_ap_rust_entry
+5:  cli
+    hlt
+    jmp 5b
+    .text

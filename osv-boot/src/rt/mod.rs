@@ -4,9 +4,11 @@
 //! Boot sequence (see ARCHITECTURE.md): `osv_pvh_start32` (entry.s) records
 //! the TSC, clears `.bss`, identity-maps the first 4 GiB with 2 MiB pages,
 //! enters long mode and calls [`osv_boot_rust_entry`], which brings up the
-//! serial console, GDT/TSS/IDT, reads the start info and memory map, enables
-//! the local APIC, calibrates the TSC and LAPIC timer, and calls the kernel's
-//! [`entry_point!`](crate::entry_point) function.
+//! serial console, GDT/TSS/IDT and the per-CPU record at GS, reads the start
+//! info and memory map, picks the AP trampoline page, enables the local APIC,
+//! calibrates the TSC and LAPIC timer, and calls the kernel's
+//! [`entry_point!`](crate::entry_point) function. The kernel may then start
+//! the other CPUs with [`smp::start_ap`].
 #![allow(unsafe_code)]
 
 mod console;
@@ -15,12 +17,13 @@ pub mod guard;
 mod mem;
 mod panic;
 pub mod probe;
+pub mod smp;
 mod tables;
 pub mod timer;
 pub mod trap;
 
 pub use console::{_print, force_unlock_console};
-pub use tables::{boot_irq_stack_top, set_irq_stack};
+pub use tables::{boot_irq_stack_top, set_irq_stack, set_ist, IST_STACKS};
 
 use crate::arch::{self, Pio};
 use crate::lapic::{self, Lapic};
@@ -154,6 +157,7 @@ unsafe fn phys_bytes(pa: u64, len: usize) -> &'static [u8] {
 extern "C" fn osv_boot_rust_entry(start_info_pa: u64) -> ! {
     console::init();
     tables::load();
+    smp::init_bsp();
     // SAFETY: ring 0; ports 0x20/0x21/0xa0/0xa1 are the legacy PICs this
     // kernel owns.
     unsafe { mask_legacy_pics(&mut Pio::new()) };
@@ -169,6 +173,7 @@ extern "C" fn osv_boot_rust_entry(start_info_pa: u64) -> ! {
     let table = unsafe { phys_bytes(si.memmap_paddr, n * ENTRY_SIZE) };
     let mut memory = MemoryMap::from_pvh_table(table).unwrap_or_else(|e| fail(&e));
     let raw_ram = memory.total();
+    let raw_memory = memory.clone();
     let kernel =
         PhysRange::new(&raw const __kernel_start as u64, &raw const __kernel_end as u64).unwrap_or_default();
     let low = PhysRange::new(0, 0x10_0000).unwrap_or_default();
@@ -196,7 +201,11 @@ extern "C" fn osv_boot_rust_entry(start_info_pa: u64) -> ! {
         ""
     };
 
+    smp::choose_trampoline(&raw_memory, start_info_pa, &si, cmdline.len());
     let lapic = init_lapic();
+    if let Some(l) = lapic {
+        smp::set_bsp_apic_id(l.id());
+    }
     let calib_start = arch::rdtsc();
     // SAFETY: ring 0; the PIT's channel 2 and port 0x61 belong to this kernel.
     let tsc_hz = crate::pit::calibrate(&mut unsafe { Pio::new() }, arch::rdtsc, 5966, 10_000_000)

@@ -1,5 +1,8 @@
-//! The boot CPU's GDT, TSS (with its IST stacks) and IDT.
+//! The descriptor tables: one IDT shared by every CPU, and per CPU a GDT
+//! with its own TSS (each CPU's IST stacks are its own; the busy bit `ltr`
+//! sets lives in that CPU's GDT).
 
+use super::smp::MAX_CPUS;
 use crate::desc::{
     tss_descriptor, DescriptorTablePointer, IdtGate, Tss, CODE64, DATA, KERNEL_CS, KERNEL_DS, TSS_SEL,
 };
@@ -7,52 +10,80 @@ use crate::trap::ist_for;
 use core::arch::asm;
 use core::cell::UnsafeCell;
 
-/// Bytes of each IST stack.
+/// Bytes of each of the boot CPU's boot-time IST stacks.
 pub const IST_STACK_SIZE: usize = 32 * 1024;
 /// IST stacks in use (IST1..=IST4, see [`ist_for`]).
-const IST_STACKS: usize = 4;
+pub const IST_STACKS: usize = 4;
 
+/// The boot CPU's IST stacks until the kernel gives it guard-paged ones
+/// ([`set_ist`]); they stay the fallback interrupt stack of its `main`.
 #[repr(C, align(4096))]
-struct Tables {
+struct BootIst([[u8; IST_STACK_SIZE]; IST_STACKS]);
+
+struct IstCell(UnsafeCell<BootIst>);
+// SAFETY: the CPU writes these stacks; Rust code only takes their addresses.
+unsafe impl Sync for IstCell {}
+static BOOT_IST: IstCell = IstCell(UnsafeCell::new(BootIst([[0; IST_STACK_SIZE]; IST_STACKS])));
+
+/// One CPU's GDT and TSS.
+#[repr(C, align(64))]
+struct CpuTables {
     gdt: [u64; 5],
     tss: Tss,
-    idt: [IdtGate; 256],
-    ist: [[u8; IST_STACK_SIZE]; IST_STACKS],
 }
 
-struct Cell(UnsafeCell<Tables>);
-// SAFETY: written only by `load`, once, on the boot CPU with interrupts off,
-// before anything else can read it; afterwards the CPU reads it.
-unsafe impl Sync for Cell {}
+struct Cell<T>(UnsafeCell<T>);
+// SAFETY: each CPU's entry is written by that CPU only (in `load_cpu`,
+// `set_ist`, `set_irq_stack`, with interrupts off) or by the boot CPU before
+// the CPU starts; the IDT is written once by the boot CPU before any other
+// CPU runs and only read (by the CPUs) afterwards.
+unsafe impl<T> Sync for Cell<T> {}
 
-static TABLES: Cell = Cell(UnsafeCell::new(Tables {
-    gdt: [0; 5],
-    tss: Tss::EMPTY,
-    idt: [IdtGate::EMPTY; 256],
-    ist: [[0; IST_STACK_SIZE]; IST_STACKS],
-}));
+static IDT: Cell<[IdtGate; 256]> = Cell(UnsafeCell::new([IdtGate::EMPTY; 256]));
+static CPUS: [Cell<CpuTables>; MAX_CPUS] =
+    [const { Cell(UnsafeCell::new(CpuTables { gdt: [0; 5], tss: Tss::EMPTY })) }; MAX_CPUS];
 
 extern "C" {
     static osv_vector_table: [u64; 256];
 }
 
-/// The range `[lo, hi)` of the IST stack `addr` lies in, if any.
+/// The range `[lo, hi)` of the boot IST stack `addr` lies in, if any.
 pub fn ist_stack_containing(addr: u64) -> Option<(u64, u64)> {
-    let base = TABLES.0.get() as u64 + core::mem::offset_of!(Tables, ist) as u64;
+    let base = BOOT_IST.0.get() as u64;
     (0..IST_STACKS as u64)
         .map(|i| (base + i * IST_STACK_SIZE as u64, base + (i + 1) * IST_STACK_SIZE as u64))
         .find(|&(lo, hi)| lo <= addr && addr < hi)
 }
 
 /// The IST index (1-based) every interrupt vector (32..=255) runs on.
-const IRQ_IST: usize = 4;
+pub const IRQ_IST: usize = 4;
 const _: () = assert!(ist_for(crate::trap::vector::FIRST_IRQ) as usize == IRQ_IST);
 
-/// The top of the boot CPU's shared interrupt stack (IST4), the one
+/// The top of the boot CPU's boot-time interrupt stack (IST4), the one
 /// [`set_irq_stack`] replaces.
 pub fn boot_irq_stack_top() -> u64 {
-    let base = TABLES.0.get() as u64 + core::mem::offset_of!(Tables, ist) as u64;
-    base + (IRQ_IST as u64) * IST_STACK_SIZE as u64
+    BOOT_IST.0.get() as u64 + (IRQ_IST as u64) * IST_STACK_SIZE as u64
+}
+
+/// Points IST `n` (1..=7) of the CPU this runs on at `top`.
+///
+/// # Safety
+/// 1. Interrupts are off on this CPU until the stack at `top` is usable
+///    (and, for the interrupt stack, until the switch to its thread is done).
+/// 2. `top` is the 16-byte aligned top of a stack of at least 8 KiB that
+///    stays alive while the CPU may use it.
+pub unsafe fn set_ist(n: usize, top: u64) {
+    if !(1..=7).contains(&n) {
+        return;
+    }
+    let t = CPUS[super::smp::cpu_index()].0.get();
+    // SAFETY: this CPU's TSS in 'static memory; the CPU reads the IST only
+    // when it takes an interrupt, which the caller has disabled; the TSS is
+    // packed, so the field is written unaligned through a raw pointer.
+    unsafe {
+        let ist = (&raw mut (*t).tss.ist).cast::<u64>().add(n - 1);
+        ist.write_unaligned(top);
+    }
 }
 
 /// Points this CPU's interrupt stack (IST4, every vector from 32 up) at
@@ -62,44 +93,52 @@ pub fn boot_irq_stack_top() -> u64 {
 /// stays on its own stack while other threads take interrupts.
 ///
 /// # Safety
-/// 1. Interrupts are off on this CPU until the switch to the thread owning
-///    `top` is complete.
-/// 2. `top` is the 16-byte aligned top of a stack of at least 8 KiB that
-///    stays alive while the CPU may use it.
+/// As [`set_ist`].
 pub unsafe fn set_irq_stack(top: u64) {
-    let t = TABLES.0.get();
-    // SAFETY: the TSS lives in 'static memory; the CPU reads the IST only
-    // when it takes an interrupt, which the caller has disabled; the TSS is
-    // packed, so the field is written unaligned through a raw pointer.
-    unsafe {
-        let ist = (&raw mut (*t).tss.ist).cast::<u64>().add(IRQ_IST - 1);
-        ist.write_unaligned(top);
-    }
+    // SAFETY: the caller's contract.
+    unsafe { set_ist(IRQ_IST, top) }
 }
 
-/// Builds and loads the GDT, TSS and IDT.
+/// Builds the shared IDT, then loads the boot CPU's tables (CPU 0) with the
+/// boot IST stacks.
 pub(super) fn load() {
-    let t = TABLES.0.get();
+    let idt = IDT.0.get();
     // SAFETY: boot CPU, interrupts off, called once before anything reads
-    // the tables (see `Cell`), so this is the only reference.
-    let t = unsafe { &mut *t };
-    let mut ist = [0u64; 7];
-    for (i, top) in ist.iter_mut().enumerate().take(IST_STACKS) {
-        *top = t.ist[i].as_ptr_range().end as u64;
-    }
-    t.tss = Tss::with_ist(ist);
-    let [lo, hi] = tss_descriptor(&raw const t.tss as u64);
-    t.gdt = [0, CODE64, DATA, lo, hi];
-    for (v, gate) in t.idt.iter_mut().enumerate() {
+    // the IDT (see `Cell`), so this is the only reference.
+    let idt = unsafe { &mut *idt };
+    for (v, gate) in idt.iter_mut().enumerate() {
         // SAFETY: the table of 256 stub addresses generated by build.rs.
         let handler = unsafe { osv_vector_table[v] };
         *gate = IdtGate::interrupt(handler, ist_for(v as u8));
     }
+    let mut ist = [0u64; 7];
+    let base = BOOT_IST.0.get() as u64;
+    for (i, top) in ist.iter_mut().enumerate().take(IST_STACKS) {
+        *top = base + (i as u64 + 1) * IST_STACK_SIZE as u64;
+    }
+    // SAFETY: CPU 0 is the boot CPU, running this; interrupts are off.
+    unsafe { load_cpu(0, ist) };
+}
+
+/// Fills CPU `index`'s GDT and TSS (IST tops `ist`, IST1 first) and loads
+/// them and the shared IDT on the CPU this runs on.
+///
+/// # Safety
+/// 1. The CPU running this is CPU `index` (nothing else uses its tables),
+///    interrupts off.
+/// 2. Each non-zero `ist` entry is the top of a live stack as in [`set_ist`].
+pub(super) unsafe fn load_cpu(index: usize, ist: [u64; 7]) {
+    // SAFETY: the caller's contract: this CPU's entry, no other reference.
+    let t = unsafe { &mut *CPUS[index].0.get() };
+    t.tss = Tss::with_ist(ist);
+    let [lo, hi] = tss_descriptor(&raw const t.tss as u64);
+    t.gdt = [0, CODE64, DATA, lo, hi];
     let gdtr = DescriptorTablePointer { limit: (5 * 8 - 1) as u16, base: t.gdt.as_ptr() as u64 };
-    let idtr = DescriptorTablePointer { limit: (256 * 16 - 1) as u16, base: t.idt.as_ptr() as u64 };
+    let idtr = DescriptorTablePointer { limit: (256 * 16 - 1) as u16, base: IDT.0.get() as u64 };
     // SAFETY: the GDT has the code/data selectors this code loads and a valid
     // TSS descriptor; the IDT points every vector at a stub with an IST stack;
-    // both tables are 'static. The far return reloads CS.
+    // both tables are 'static. The far return reloads CS. GS is not touched
+    // (its base is the per-CPU pointer).
     unsafe {
         asm!(
             "lgdt [{gdtr}]",

@@ -57,8 +57,12 @@ impl FileBacking for FakeFile {
 type Space<'a> = AddressSpace<&'a FakeMemory, &'a FakeMemory>;
 
 fn space(mem: &FakeMemory) -> Space<'_> {
+    space_of(mem, WIN_PAGES)
+}
+
+fn space_of(mem: &FakeMemory, pages: u64) -> Space<'_> {
     let mapper = Mapper::new(mem, mem).unwrap();
-    AddressSpace::new(mapper, VirtAddr::new(WIN)..VirtAddr::new(WIN + WIN_PAGES * PAGE_SIZE)).unwrap()
+    AddressSpace::new(mapper, VirtAddr::new(WIN)..VirtAddr::new(WIN + pages * PAGE_SIZE)).unwrap()
 }
 
 fn page(i: u64) -> VirtAddr {
@@ -189,12 +193,41 @@ enum MPage {
 
 #[derive(Clone, Debug)]
 enum Op {
-    MapAnon { at: Option<u64>, pages: u64, perm: u8 },
-    MapFile { at: Option<u64>, pages: u64, perm: u8, fpage: u64, shared: bool },
-    Unmap { at: u64, pages: u64 },
-    Protect { at: u64, pages: u64, perm: u8 },
-    Touch { at: u64, write: bool, tag: u64 },
-    Stack { pages: u64 },
+    MapAnon {
+        at: Option<u64>,
+        pages: u64,
+        perm: u8,
+    },
+    MapFile {
+        at: Option<u64>,
+        pages: u64,
+        perm: u8,
+        fpage: u64,
+        shared: bool,
+    },
+    Unmap {
+        at: u64,
+        pages: u64,
+    },
+    Protect {
+        at: u64,
+        pages: u64,
+        perm: u8,
+    },
+    Touch {
+        at: u64,
+        write: bool,
+        tag: u64,
+    },
+    Stack {
+        pages: u64,
+    },
+    /// An anonymous mapping of whole 2 MiB ranges at 2 MiB range `chunk` of the window.
+    MapAnonBig {
+        chunk: u64,
+        chunks: u64,
+        perm: u8,
+    },
 }
 
 fn perm_of(bits: u8) -> Flags {
@@ -202,15 +235,25 @@ fn perm_of(bits: u8) -> Flags {
     [Flags::READ, Flags::RW, Flags::RX, Flags::RW | Flags::EXEC][usize::from(bits % 4)]
 }
 
-fn op() -> impl Strategy<Value = Op> {
-    let at = prop_oneof![Just(None), (0..WIN_PAGES).prop_map(Some)];
+fn op(win: u64) -> impl Strategy<Value = Op> {
+    let at = prop_oneof![Just(None), (0..win).prop_map(Some)];
+    let chunks = win / 512;
+    // Windows without a whole 2 MiB range get a one-page anonymous mapping instead.
+    let big = (0..chunks.max(1), 1..=chunks.max(1), any::<u8>()).prop_map(move |(chunk, n, perm)| {
+        if chunks == 0 {
+            Op::MapAnon { at: None, pages: 1, perm }
+        } else {
+            Op::MapAnonBig { chunk, chunks: n.min(chunks - chunk), perm }
+        }
+    });
     prop_oneof![
+        2 => big,
         3 => (at.clone(), 1u64..12, any::<u8>()).prop_map(|(at, pages, perm)| Op::MapAnon { at, pages, perm }),
         2 => (at, 1u64..8, any::<u8>(), 0..FILE_PAGES + 2, any::<bool>())
             .prop_map(|(at, pages, perm, fpage, shared)| Op::MapFile { at, pages, perm, fpage, shared }),
-        2 => (0..WIN_PAGES, 1u64..16).prop_map(|(at, pages)| Op::Unmap { at, pages }),
-        2 => (0..WIN_PAGES, 1u64..8, any::<u8>()).prop_map(|(at, pages, perm)| Op::Protect { at, pages, perm }),
-        8 => (0..WIN_PAGES, any::<bool>(), any::<u64>()).prop_map(|(at, write, tag)| Op::Touch { at, write, tag }),
+        2 => (0..win, 1u64..16).prop_map(|(at, pages)| Op::Unmap { at, pages }),
+        2 => (0..win, 1u64..8, any::<u8>()).prop_map(|(at, pages, perm)| Op::Protect { at, pages, perm }),
+        8 => (0..win, any::<bool>(), any::<u64>()).prop_map(|(at, write, tag)| Op::Touch { at, write, tag }),
         1 => (1u64..4).prop_map(|pages| Op::Stack { pages }),
     ]
 }
@@ -218,6 +261,7 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     pages: BTreeMap<u64, MPage>,
     file: Vec<u64>,
+    win: u64,
 }
 
 impl Model {
@@ -241,13 +285,13 @@ impl Model {
         }
     }
     fn first_fit(&self, pages: u64) -> Option<u64> {
-        (0..=WIN_PAGES.checked_sub(pages)?).find(|&s| (s..s + pages).all(|p| !self.pages.contains_key(&p)))
+        (0..=self.win.checked_sub(pages)?).find(|&s| (s..s + pages).all(|p| !self.pages.contains_key(&p)))
     }
 }
 
 fn check(s: &Space<'_>, mem: &FakeMemory, file: &FakeFile, m: &Model) -> Result<(), TestCaseError> {
     let mut ours = BTreeSet::new();
-    for i in 0..WIN_PAGES {
+    for i in 0..m.win {
         let va = page(i);
         let Some(mp) = m.pages.get(&i) else {
             prop_assert_eq!(s.mapper().translate(va), None, "page {} is mapped but not in the model", i);
@@ -286,13 +330,34 @@ proptest! {
     /// resolve or fail exactly as the model predicts, and unmapping everything gives every
     /// page and table back.
     #[test]
-    fn matches_model(ops in proptest::collection::vec(op(), 1..80)) {
-        let mem = FakeMemory::new(512);
+    fn matches_model(ops in proptest::collection::vec(op(WIN_PAGES), 1..80)) {
+        run_space_model(ops, WIN_PAGES, 512)?;
+    }
+
+    /// The same over four 2 MiB ranges with whole-range anonymous mappings among the
+    /// operations, so faults map 2 MiB pages (when the allocator has a run) that later
+    /// operations split, protect, merge and unmap in part.
+    #[test]
+    fn matches_model_with_2m_pages(ops in proptest::collection::vec(op(4 * 512), 1..80)) {
+        run_space_model(ops, 4 * 512, 4096)?;
+    }
+}
+
+fn run_space_model(ops: Vec<Op>, win: u64, frames: usize) -> Result<(), TestCaseError> {
+    {
+        let mem = FakeMemory::new(frames);
         let file = Arc::new(FakeFile::new(&mem));
-        let mut s = space(&mem);
-        let mut m = Model { pages: BTreeMap::new(), file: (0..FILE_PAGES).map(|i| 0xf11e_0000 + i).collect() };
+        let mut s = space_of(&mem, win);
+        let mut m =
+            Model { pages: BTreeMap::new(), file: (0..FILE_PAGES).map(|i| 0xf11e_0000 + i).collect(), win };
         let mut next_stack = 0;
         for op in ops {
+            let op = match op {
+                Op::MapAnonBig { chunk, chunks, perm } => {
+                    Op::MapAnon { at: Some(chunk * 512), pages: chunks * 512, perm }
+                }
+                other => other,
+            };
             match op {
                 Op::MapAnon { at, pages, perm } | Op::MapFile { at, pages, perm, .. } => {
                     let perm = perm_of(perm);
@@ -305,7 +370,7 @@ proptest! {
                         _ => (Backing::Anon, None, false),
                     };
                     let want = match at {
-                        Some(a) if a + pages <= WIN_PAGES => Ok(a),
+                        Some(a) if a + pages <= win => Ok(a),
                         Some(_) => Err(VmError::Invalid),
                         None => m.first_fit(pages).ok_or(VmError::NoMemory),
                     };
@@ -336,7 +401,11 @@ proptest! {
                         prop_assert_eq!(r, Ok(()));
                         for i in at..at + pages {
                             match m.pages.get_mut(&i) {
-                                Some(MPage::Anon { perm: p, .. } | MPage::Private { perm: p, .. } | MPage::Shared { perm: p, .. }) => *p = perm,
+                                Some(
+                                    MPage::Anon { perm: p, .. }
+                                    | MPage::Private { perm: p, .. }
+                                    | MPage::Shared { perm: p, .. },
+                                ) => *p = perm,
                                 _ => unreachable!(),
                             }
                         }
@@ -351,7 +420,10 @@ proptest! {
                     match m.pages.get(&at).copied() {
                         None => prop_assert_eq!(r, Err(Fault::Unmapped { addr: va })),
                         Some(MPage::Guard { id }) => {
-                            prop_assert_eq!(r, Err(Fault::StackOverflow { addr: va, stack: StackId(id), name: "stack" }));
+                            prop_assert_eq!(
+                                r,
+                                Err(Fault::StackOverflow { addr: va, stack: StackId(id), name: "stack" })
+                            );
                         }
                         Some(mp) => {
                             let perm = m.perm(at).unwrap();
@@ -377,6 +449,7 @@ proptest! {
                         }
                     }
                 }
+                Op::MapAnonBig { .. } => unreachable!("turned into MapAnon above"),
                 Op::Stack { pages } => {
                     next_stack += 1;
                     let want = m.first_fit(pages + 1);
@@ -395,8 +468,141 @@ proptest! {
             }
             check(&s, &mem, &file, &m)?;
         }
-        s.munmap(page(0), WIN_PAGES * PAGE_SIZE, &NoTlb).unwrap();
+        s.munmap(page(0), win * PAGE_SIZE, &NoTlb).unwrap();
         prop_assert_eq!(s.vmas().count(), 0);
         prop_assert_eq!(mem.in_use(), 1 + FILE_PAGES as usize, "root table and the file's pages only");
     }
+    Ok(())
+}
+
+// ---- 2 MiB pages for anonymous memory ----
+
+const M2: u64 = 2 << 20;
+
+fn big_space(mem: &FakeMemory) -> Space<'_> {
+    let mapper = Mapper::new(mem, mem).unwrap();
+    AddressSpace::new(mapper, VirtAddr::new(WIN)..VirtAddr::new(WIN + 4 * M2)).unwrap()
+}
+
+fn at(a: VirtAddr, off: u64) -> VirtAddr {
+    VirtAddr::new(a.as_u64() + off)
+}
+
+#[test]
+fn anon_fault_maps_a_2m_page_and_partial_changes_split_it() {
+    let mem = FakeMemory::new(2048);
+    let mut s = big_space(&mem);
+    let a = s.mmap(None, 2 * M2, Flags::RW, Backing::Anon, &NoTlb).unwrap();
+    assert!(a.is_aligned(M2));
+    s.fault(at(a, 0x1234), Access::Write, &NoTlb).unwrap();
+    let (pa, flags, size) = s.mapper().translate(a).unwrap();
+    assert_eq!((flags, size), (Flags::RW, PageSize::Size2M), "one fault, one 2 MiB page");
+    assert!(pa.is_aligned(M2));
+    assert_eq!(mem.in_use(), 3 + 512, "root, PDPT, PD and the 2 MiB run");
+    for i in 0..512 {
+        assert_eq!(word(&s, &mem, at(a, i * PAGE_SIZE)), Some(0), "zero filled");
+        store(&s, &mem, at(a, i * PAGE_SIZE), 0x100 + i);
+    }
+    // A fault elsewhere in the same large page changes nothing.
+    s.fault(at(a, M2 - 8), Access::Write, &NoTlb).unwrap();
+    assert_eq!(mem.in_use(), 3 + 512);
+    // mprotect of one page splits it; the rest stays writable, contents are kept.
+    s.mprotect(at(a, 7 * PAGE_SIZE), PAGE_SIZE, Flags::READ, &NoTlb).unwrap();
+    assert_eq!(s.mapper().translate(at(a, 7 * PAGE_SIZE)).unwrap().1, Flags::READ);
+    assert_eq!(s.mapper().translate(at(a, 7 * PAGE_SIZE)).unwrap().2, PageSize::Size4K);
+    assert_eq!(s.mapper().translate(at(a, 8 * PAGE_SIZE)).unwrap().1, Flags::RW);
+    assert_eq!(
+        s.fault(at(a, 7 * PAGE_SIZE), Access::Write, &NoTlb),
+        Err(Fault::Protection { addr: at(a, 7 * PAGE_SIZE) })
+    );
+    assert_eq!(mem.in_use(), 3 + 512 + 1, "one page table for the split");
+    // Back to RW: the run is contiguous again and merges into one 2 MiB page.
+    s.mprotect(at(a, 7 * PAGE_SIZE), PAGE_SIZE, Flags::RW, &NoTlb).unwrap();
+    assert_eq!(s.mapper().translate(at(a, 7 * PAGE_SIZE)).unwrap().2, PageSize::Size2M);
+    assert_eq!(mem.in_use(), 3 + 512);
+    // munmap of pages 10..20 splits again and frees exactly those ten frames.
+    s.munmap(at(a, 10 * PAGE_SIZE), 10 * PAGE_SIZE, &NoTlb).unwrap();
+    assert_eq!(mem.in_use(), 3 + 512 - 10 + 1);
+    for i in 0..512 {
+        let want = (!(10..20).contains(&i)).then_some(0x100 + i);
+        assert_eq!(word(&s, &mem, at(a, i * PAGE_SIZE)), want, "page {i}");
+    }
+    assert_eq!(
+        s.fault(at(a, 15 * PAGE_SIZE), Access::Read, &NoTlb),
+        Err(Fault::Unmapped { addr: at(a, 15 * PAGE_SIZE) })
+    );
+    // The second 2 MiB range when the allocator has no 2 MiB run: one 4 KiB page.
+    mem.set_huge(false);
+    s.fault(at(a, M2 + 5 * PAGE_SIZE), Access::Read, &NoTlb).unwrap();
+    assert_eq!(s.mapper().translate(at(a, M2 + 5 * PAGE_SIZE)).unwrap().2, PageSize::Size4K);
+    assert_eq!(s.mapper().translate(at(a, M2)), None, "only the faulting page");
+    mem.set_huge(true);
+    // Already partly mapped: 4 KiB again, even with runs available.
+    s.fault(at(a, M2), Access::Read, &NoTlb).unwrap();
+    assert_eq!(s.mapper().translate(at(a, M2)).unwrap().2, PageSize::Size4K);
+    s.munmap(a, 2 * M2, &NoTlb).unwrap();
+    assert_eq!(mem.in_use(), 1, "every page and table back");
+}
+
+#[test]
+fn anon_vma_not_covering_an_aligned_2m_range_uses_4k_pages() {
+    let mem = FakeMemory::new(2048);
+    let mut s = big_space(&mem);
+    // [WIN + 4 KiB, WIN + 2 MiB + 4 KiB): no aligned 2 MiB range inside.
+    s.mmap(Some(VirtAddr::new(WIN + PAGE_SIZE)), M2, Flags::RW, Backing::Anon, &NoTlb).unwrap();
+    s.fault(VirtAddr::new(WIN + M2), Access::Write, &NoTlb).unwrap();
+    s.fault(VirtAddr::new(WIN + 8 * PAGE_SIZE), Access::Write, &NoTlb).unwrap();
+    assert_eq!(s.mapper().translate(VirtAddr::new(WIN + M2)).unwrap().2, PageSize::Size4K);
+    assert_eq!(s.mapper().translate(VirtAddr::new(WIN + 8 * PAGE_SIZE)).unwrap().2, PageSize::Size4K);
+    assert_eq!(s.mapper().mapped_pages(VirtAddr::new(WIN)..VirtAddr::new(WIN + 4 * M2)).unwrap(), 2);
+    s.munmap(VirtAddr::new(WIN), 4 * M2, &NoTlb).unwrap();
+    assert_eq!(mem.in_use(), 1);
+}
+
+/// Records each shootdown batch: every operation makes at most one, naming its range.
+#[derive(Default)]
+struct Batches(Mutex<Vec<(bool, Vec<Range<VirtAddr>>)>>);
+
+impl TlbFlush for Batches {
+    fn flush_range(&self, _: Range<VirtAddr>) {
+        unreachable!("shootdown is overridden")
+    }
+    fn flush_all(&self) {
+        unreachable!("shootdown is overridden")
+    }
+    fn shootdown(&self, batch: &MapperFlush) {
+        self.0.lock().unwrap().push((batch.is_all(), batch.ranges().collect()));
+    }
+}
+
+impl Batches {
+    fn take(&self) -> Vec<(bool, Vec<Range<VirtAddr>>)> {
+        core::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+#[test]
+fn each_operation_is_one_shootdown_naming_its_range() {
+    let mem = FakeMemory::new(2048);
+    let file = Arc::new(FakeFile::new(&mem));
+    let mut s = space(&mem);
+    let tlb = Batches::default();
+    let a = s.mmap(None, 8 * PAGE_SIZE, Flags::RW, Backing::Anon, &tlb).unwrap();
+    for i in [1, 2, 5] {
+        s.fault(page(i), Access::Write, &tlb).unwrap();
+    }
+    assert_eq!(tlb.take(), vec![], "filling empty entries needs no invalidation");
+    s.mprotect(page(1), 2 * PAGE_SIZE, Flags::READ, &tlb).unwrap();
+    assert_eq!(tlb.take(), vec![(false, vec![page(1)..page(3)])]);
+    s.munmap(a, 8 * PAGE_SIZE, &tlb).unwrap();
+    // Pages 1, 2 and 5, then the tables that became empty (over the range the walk covered).
+    assert_eq!(tlb.take(), vec![(false, vec![page(1)..page(3), page(5)..page(6), a..page(8)])]);
+    // Copy-on-write replaces a read-only file page: one shootdown for that page.
+    let f = Backing::File { file: file.clone(), offset: 0, shared: false };
+    let b = s.mmap(None, 2 * PAGE_SIZE, Flags::RW, f, &tlb).unwrap();
+    s.fault(b, Access::Read, &tlb).unwrap();
+    s.fault(b, Access::Write, &tlb).unwrap();
+    assert_eq!(tlb.take(), vec![(false, vec![b..VirtAddr::new(b.as_u64() + PAGE_SIZE)])]);
+    s.munmap(b, 2 * PAGE_SIZE, &tlb).unwrap();
+    assert_eq!(mem.in_use(), 1 + FILE_PAGES as usize);
 }

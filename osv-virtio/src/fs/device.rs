@@ -38,7 +38,9 @@ use super::proto::{
     ReadOp, Request, SetattrIn, Status, OUT_HEADER_LEN,
 };
 use crate::hal::{Dma, Hal, PhysAddr, PAGE_SIZE};
+use crate::irq::Wait;
 use crate::queue::{Buffer, QueueError, Segment, Token, VirtQueue};
+use crate::request::{self, Requests, Tracker};
 use crate::transport::{Features, Transport, TransportError};
 
 /// Entries asked for on the request queue (the device may offer fewer).
@@ -233,8 +235,9 @@ pub struct VirtIOFs<H: Hal, T: Transport> {
     slot_busy: [bool; SLOTS],
     /// Per hiprio token: the forget slot it uses.
     forget_busy: [Option<u16>; HIPRIO_QUEUE_SIZE],
-    in_flight: [Option<InFlight>; QUEUE_SIZE],
-    stashed: [Option<Result<Reply, FsError>>; QUEUE_SIZE],
+    /// Requests in flight on the request queue, and completions a blocking
+    /// call found for other tokens (the same tracking as virtio-blk's).
+    tracker: Tracker<InFlight, Result<Reply, FsError>, QUEUE_SIZE>,
     next_unique: u64,
     tag: Tag,
     num_request_queues: u32,
@@ -309,8 +312,7 @@ impl<H: Hal, T: Transport> VirtIOFs<H, T> {
             forgets,
             slot_busy: [false; SLOTS],
             forget_busy: [None; HIPRIO_QUEUE_SIZE],
-            in_flight: [None; QUEUE_SIZE],
-            stashed: [None; QUEUE_SIZE],
+            tracker: Tracker::new(),
             next_unique: 1,
             tag,
             num_request_queues,
@@ -388,10 +390,9 @@ impl<H: Hal, T: Transport> VirtIOFs<H, T> {
         if self.transport.reset().is_err() {
             self.transport.fail();
         }
-        self.in_flight = [None; QUEUE_SIZE];
+        self.tracker.clear();
         self.slot_busy = [false; SLOTS];
         self.forget_busy = [None; HIPRIO_QUEUE_SIZE];
-        self.stashed = [None; QUEUE_SIZE];
     }
 
     fn paddr(dma: &Dma<H>, off: usize) -> PhysAddr {
@@ -471,8 +472,7 @@ impl<H: Hal, T: Transport> VirtIOFs<H, T> {
         };
         self.slot_busy[s] = true;
         self.next_unique = self.next_unique.wrapping_add(1).max(1);
-        self.in_flight[usize::from(token.index())] =
-            Some(InFlight { slot: s as u16, unique, data_out: has_out });
+        self.tracker.insert(token, InFlight { slot: s as u16, unique, data_out: has_out });
         self.requests.kick(&mut self.transport);
         Ok(token)
     }
@@ -482,9 +482,8 @@ impl<H: Hal, T: Transport> VirtIOFs<H, T> {
     /// its own in `c.result`. `Some(Err(_))`: the device broke the queue
     /// protocol; it has been reset and all requests in flight are lost.
     pub fn poll(&mut self) -> Option<Result<Completion, FsError>> {
-        if let Some(i) = self.stashed.iter().position(Option::is_some) {
-            let result = self.stashed[i].take()?;
-            return Some(Ok(Completion { token: Token::from_index(i as u16), result }));
+        if let Some((token, result)) = self.tracker.pop_stashed() {
+            return Some(Ok(Completion { token, result }));
         }
         self.poll_device()
     }
@@ -504,7 +503,7 @@ impl<H: Hal, T: Transport> VirtIOFs<H, T> {
                 return Some(Err(FsError::Queue(e)));
             }
         };
-        let Some(req) = self.in_flight[usize::from(token.index())].take() else {
+        let Some(req) = self.tracker.complete(token) else {
             self.break_device();
             return Some(Err(FsError::UnknownToken));
         };
@@ -547,25 +546,11 @@ impl<H: Hal, T: Transport> VirtIOFs<H, T> {
         }
     }
 
-    /// Waits for `token`, calling `wait` between polls; `wait` returning
-    /// `false` gives up (the device is reset so the buffers are free).
-    fn wait_for(&mut self, token: Token, wait: &mut dyn FnMut() -> bool) -> Result<Reply, FsError> {
-        if let Some(r) = self.stashed[usize::from(token.index())].take() {
-            return r;
-        }
-        loop {
-            match self.poll_device() {
-                Some(Ok(c)) if c.token == token => return c.result,
-                Some(Ok(c)) => self.stashed[usize::from(c.token.index())] = Some(c.result),
-                Some(Err(e)) => return Err(e),
-                None => {
-                    if !wait() {
-                        self.break_device();
-                        return Err(FsError::TimedOut);
-                    }
-                }
-            }
-        }
+    /// Waits for `token` through `wait` (see [`crate::irq`]); `wait`
+    /// returning `false` gives up (the device is reset so the buffers are
+    /// free).
+    fn wait_for(&mut self, token: Token, wait: &mut dyn Wait) -> Result<Reply, FsError> {
+        request::wait_for(self, token, wait)
     }
 
     /// Sends `req` and waits for its reply, calling `wait` between polls.
@@ -574,7 +559,7 @@ impl<H: Hal, T: Transport> VirtIOFs<H, T> {
         req: &Request<'_>,
         data_in: &[u8],
         data_out: Option<&mut [u8]>,
-        wait: &mut dyn FnMut() -> bool,
+        wait: &mut dyn Wait,
     ) -> Result<Reply, FsError> {
         // SAFETY: both buffers are borrowed for this whole call, and
         // `wait_for` returns only once the request completed or the device
@@ -602,22 +587,21 @@ impl<H: Hal, T: Transport> VirtIOFs<H, T> {
 
     /// [`forget`](Self::forget) calling `wait` while every hiprio slot is
     /// busy; `wait` returning `false` gives up (the device is reset).
-    pub fn forget_with(
-        &mut self,
-        node: NodeId,
-        nlookup: u64,
-        wait: &mut dyn FnMut() -> bool,
-    ) -> Result<(), FsError> {
+    pub fn forget_with(&mut self, node: NodeId, nlookup: u64, wait: &mut dyn Wait) -> Result<(), FsError> {
         let slot = loop {
+            wait.prepare();
             self.reap_hiprio();
             if self.broken {
+                wait.done();
                 return Err(FsError::Broken);
             }
             let busy = |i: usize| self.forget_busy.contains(&Some(i as u16));
             if let Some(s) = (0..HIPRIO_QUEUE_SIZE).find(|&i| !busy(i)) {
+                wait.done();
                 break s;
             }
-            if !wait() {
+            if !wait.wait() {
+                wait.done();
                 self.break_device();
                 return Err(FsError::TimedOut);
             }
@@ -819,6 +803,24 @@ impl<H: Hal, T: Transport> VirtIOFs<H, T> {
     /// `FUSE_DESTROY`: ends the session (the server drops its state).
     pub fn destroy(&mut self) -> Result<(), FsError> {
         self.call_empty(&Request::Destroy)
+    }
+}
+
+impl<H: Hal, T: Transport> Requests for VirtIOFs<H, T> {
+    type Output = Reply;
+    type Error = FsError;
+    fn take_stashed(&mut self, token: Token) -> Option<Result<Reply, FsError>> {
+        self.tracker.take_stashed(token)
+    }
+    fn stash(&mut self, token: Token, result: Result<Reply, FsError>) {
+        self.tracker.stash(token, result);
+    }
+    fn poll_device(&mut self) -> Option<Result<(Token, Result<Reply, FsError>), FsError>> {
+        VirtIOFs::poll_device(self).map(|r| r.map(|c| (c.token, c.result)))
+    }
+    fn give_up(&mut self) -> FsError {
+        self.break_device();
+        FsError::TimedOut
     }
 }
 

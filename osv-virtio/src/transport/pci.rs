@@ -11,9 +11,17 @@
 //! 3. [`PciTransport::new`] enables memory decoding and bus mastering and
 //!    asks the kernel's [`BarMapper`] to map each structure.
 //!
-//! Interrupts: the transport leaves MSI-X disabled, so QEMU raises INTx and
-//! the ISR register works; MSI-X vectors (`config_msix_vector`,
-//! `queue_msix_vector`) are a later step (TODO, issue #7).
+//! Interrupts: the probe also finds the MSI-X capability (PCI Local Bus 3.0
+//! §6.8.2, capability ID 0x11: table BAR/offset, PBA). Until the kernel
+//! makes an [`Msix`] for the function (which maps the table, masks every
+//! entry and enables MSI-X), QEMU raises INTx and the ISR register works.
+//! With MSI-X on, the kernel writes a table entry per vector (message
+//! address `0xFEE0_0000 | apic_id << 12`, data = the CPU vector, Intel SDM
+//! vol. 3A §11.11) and binds queues and configuration changes to entries
+//! with [`PciTransport::set_queue_msix_vector`] and
+//! [`PciTransport::set_config_msix_vector`] (virtio 1.2 §4.1.4.3,
+//! §4.1.5.1.2); the device answers `VIRTIO_MSI_NO_VECTOR` to an entry it
+//! cannot use, which is reported as an error.
 
 use super::{check_config, DeviceStatus, Features, InterruptStatus, Transport, TransportError};
 use crate::hal::PhysAddr;
@@ -108,6 +116,8 @@ mod cfg {
     pub const CMD_MEMORY: u32 = 1 << 1;
     pub const CMD_BUS_MASTER: u32 = 1 << 2;
     pub const CAP_VENDOR: u8 = 0x09;
+    /// MSI-X (PCI Local Bus 3.0 §6.8.2).
+    pub const CAP_MSIX: u8 = 0x11;
 }
 
 /// One PCI function found by [`PciEnumerator`].
@@ -259,6 +269,20 @@ pub struct VirtioPciDevice {
     pub isr: CapRegion,
     /// The device-specific configuration (§4.1.4.6), if the device has one.
     pub device: Option<CapRegion>,
+    /// The MSI-X capability, if the function has a usable one.
+    pub msix: Option<MsixCap>,
+}
+
+/// A function's MSI-X capability (PCI Local Bus 3.0 §6.8.2.1-§6.8.2.4),
+/// checked: the table lies inside a memory BAR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsixCap {
+    /// Configuration-space offset of the capability.
+    pub cap: u8,
+    /// Table entries (Message Control bits 10:0, plus one).
+    pub table_size: u16,
+    /// The table (16 bytes per entry).
+    pub table: CapRegion,
 }
 
 /// Longest capability walk (256 bytes of config space / 4-byte minimum
@@ -292,6 +316,7 @@ impl VirtioPciDevice {
 
         let mut bars: [Option<Option<Bar>>; 6] = [None; 6];
         let mut found: [Option<(CapRegion, u32)>; 5] = [None; 5];
+        let mut msix = None;
         let mut ptr = (config.read32(bdf, cfg::CAP_PTR) as u8) & 0xfc;
         let mut walked = 0;
         while ptr >= 0x40 && walked < MAX_CAPS {
@@ -299,6 +324,27 @@ impl VirtioPciDevice {
             let head = config.read32(bdf, ptr);
             let next = ((head >> 8) as u8) & 0xfc;
             let (cap_id, cap_len, cfg_type) = (head as u8, (head >> 16) as u8, (head >> 24) as u8);
+            if cap_id == cfg::CAP_MSIX && msix.is_none() && ptr <= 0xf4 {
+                // §6.8.2.3 Message Control (upper half of the first dword),
+                // §6.8.2.4 Table Offset/BIR (second dword).
+                let table_size = ((head >> 16) & 0x7ff) as u16 + 1;
+                let t = config.read32(bdf, ptr + 4);
+                let (bar, offset) = ((t & 7) as u8, t & !7);
+                let length = u32::from(table_size) * MSIX_ENTRY;
+                if bar < 6 {
+                    let decoded = *bars[usize::from(bar)].get_or_insert_with(|| decode_bar(config, bdf, bar));
+                    if let Some(b) = decoded {
+                        let end = u64::from(offset) + u64::from(length);
+                        if let (true, Some(phys)) = (end <= b.size, b.base.checked_add(u64::from(offset))) {
+                            msix = Some(MsixCap {
+                                cap: ptr,
+                                table_size,
+                                table: CapRegion { bar, offset, length, phys },
+                            });
+                        }
+                    }
+                }
+            }
             if cap_id == cfg::CAP_VENDOR
                 && cap_len >= 16
                 && (cap_type::COMMON..=cap_type::DEVICE).contains(&cfg_type)
@@ -337,7 +383,7 @@ impl VirtioPciDevice {
         let (notify, notify_off_multiplier) = need(cap_type::NOTIFY, 2)?;
         let (isr, _) = need(cap_type::ISR, 1)?;
         let device = found[usize::from(cap_type::DEVICE)].map(|(r, _)| r);
-        Ok(Self { bdf, device_id, common, notify, notify_off_multiplier, isr, device })
+        Ok(Self { bdf, device_id, common, notify, notify_off_multiplier, isr, device, msix })
     }
 }
 
@@ -370,6 +416,129 @@ fn decode_bar<C: PciConfig>(config: &C, bdf: Bdf, index: u8) -> Option<Bar> {
         return None; // unimplemented or unassigned
     }
     Some(Bar { base: PhysAddr::new(base), size, is_64bit })
+}
+
+/// Bytes per MSI-X table entry (§6.8.2.6: address low, address high, data,
+/// vector control).
+const MSIX_ENTRY: u32 = 16;
+/// Message Control: MSI-X Enable (bit 15) and Function Mask (bit 14).
+const MSIX_ENABLE: u32 = 1 << 15;
+const MSIX_FUNCTION_MASK: u32 = 1 << 14;
+/// Vector Control bit 0: the entry is masked.
+const MSIX_ENTRY_MASKED: u32 = 1;
+
+/// `VIRTIO_MSI_NO_VECTOR` (virtio 1.2 §4.1.4.3): no interrupt for this
+/// queue or for configuration changes.
+pub const NO_VECTOR: u16 = 0xffff;
+
+/// An x86 MSI message (Intel SDM vol. 3A §11.11.1, §11.11.2): fixed
+/// delivery, edge-triggered, physical destination `apic_id`, `vector`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsiMessage {
+    /// Message address.
+    pub address: u64,
+    /// Message data.
+    pub data: u32,
+}
+
+impl MsiMessage {
+    /// The message that raises `vector` on the local APIC `apic_id` (xAPIC
+    /// ids up to 255).
+    pub const fn x86(apic_id: u8, vector: u8) -> Self {
+        Self { address: 0xfee0_0000 | (apic_id as u64) << 12, data: vector as u32 }
+    }
+}
+
+/// What went wrong programming MSI-X.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsixError {
+    /// The function has no usable MSI-X capability.
+    NoCapability,
+    /// The table could not be mapped.
+    MapFailed,
+    /// An entry index past the table.
+    NoSuchEntry(u16),
+    /// The device answered `VIRTIO_MSI_NO_VECTOR`: it cannot use the entry.
+    Rejected(u16),
+    /// No such queue.
+    NoSuchQueue(u16),
+}
+
+impl core::fmt::Display for MsixError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoCapability => f.write_str("no MSI-X capability"),
+            Self::MapFailed => f.write_str("MSI-X table mapping failed"),
+            Self::NoSuchEntry(e) => write!(f, "no MSI-X table entry {e}"),
+            Self::Rejected(e) => write!(f, "device rejected MSI-X entry {e}"),
+            Self::NoSuchQueue(q) => write!(f, "no queue {q}"),
+        }
+    }
+}
+
+impl core::error::Error for MsixError {}
+
+/// A function's MSI-X table, mapped, with MSI-X enabled.
+#[derive(Debug)]
+pub struct Msix<M: Mmio> {
+    table: M,
+    size: u16,
+}
+
+impl<M: Mmio> Msix<M> {
+    /// Maps the table of `dev`, masks every entry, then enables MSI-X
+    /// (Message Control: Enable set, Function Mask clear). From here the
+    /// function no longer raises INTx (§6.8.2.3).
+    pub fn enable<C: PciConfig, B: BarMapper<Region = M>>(
+        config: &C,
+        dev: &VirtioPciDevice,
+        mapper: &mut B,
+    ) -> Result<Self, MsixError> {
+        let cap = dev.msix.ok_or(MsixError::NoCapability)?;
+        let table = mapper.map(cap.table.phys, cap.table.length as usize).ok_or(MsixError::MapFailed)?;
+        if table.len() < cap.table.length as usize {
+            return Err(MsixError::MapFailed);
+        }
+        let this = Self { table, size: cap.table_size };
+        for i in 0..this.size {
+            this.mask(i)?;
+        }
+        let head = config.read32(dev.bdf, cap.cap);
+        let control = ((head >> 16) | MSIX_ENABLE) & !MSIX_FUNCTION_MASK;
+        config.write32(dev.bdf, cap.cap, (head & 0xffff) | control << 16);
+        Ok(this)
+    }
+
+    /// Table entries.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    fn entry(&self, i: u16) -> Result<usize, MsixError> {
+        if i < self.size {
+            Ok(usize::from(i) * MSIX_ENTRY as usize)
+        } else {
+            Err(MsixError::NoSuchEntry(i))
+        }
+    }
+
+    /// Writes entry `i` and unmasks it.
+    pub fn set(&self, i: u16, msg: MsiMessage) -> Result<(), MsixError> {
+        let at = self.entry(i)?;
+        self.table.write32(at + 12, MSIX_ENTRY_MASKED);
+        self.table.write32(at, msg.address as u32);
+        self.table.write32(at + 4, (msg.address >> 32) as u32);
+        self.table.write32(at + 8, msg.data);
+        self.table.write32(at + 12, 0);
+        Ok(())
+    }
+
+    /// Masks entry `i`.
+    pub fn mask(&self, i: u16) -> Result<(), MsixError> {
+        let at = self.entry(i)?;
+        self.table.write32(at + 12, MSIX_ENTRY_MASKED);
+        Ok(())
+    }
 }
 
 /// Offsets in `struct virtio_pci_common_cfg` (virtio 1.2 §4.1.4.3).
@@ -472,6 +641,31 @@ impl<M: Mmio> PciTransport<M> {
 
     fn num_queues(&self) -> u16 {
         self.common.read16(common::NUM_QUEUES)
+    }
+
+    /// Routes configuration-change interrupts to MSI-X table entry `entry`
+    /// ([`NO_VECTOR`]: none). The device reads back `NO_VECTOR` if it cannot
+    /// (virtio 1.2 §4.1.5.1.2.1).
+    pub fn set_config_msix_vector(&mut self, entry: u16) -> Result<(), MsixError> {
+        self.common.write16(common::CONFIG_MSIX_VECTOR, entry);
+        match self.common.read16(common::CONFIG_MSIX_VECTOR) {
+            v if v == entry => Ok(()),
+            _ => Err(MsixError::Rejected(entry)),
+        }
+    }
+
+    /// Routes `queue`'s used-buffer notifications to MSI-X table entry
+    /// `entry` ([`NO_VECTOR`]: none), checked by reading it back.
+    pub fn set_queue_msix_vector(&mut self, queue: u16, entry: u16) -> Result<(), MsixError> {
+        if queue >= self.num_queues() {
+            return Err(MsixError::NoSuchQueue(queue));
+        }
+        self.common.write16(common::QUEUE_SELECT, queue);
+        self.common.write16(common::QUEUE_MSIX_VECTOR, entry);
+        match self.common.read16(common::QUEUE_MSIX_VECTOR) {
+            v if v == entry => Ok(()),
+            _ => Err(MsixError::Rejected(entry)),
+        }
     }
 
     fn device_cfg(&self, offset: usize, width: usize) -> Result<&M, TransportError> {
