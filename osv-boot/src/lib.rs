@@ -65,6 +65,7 @@ pub mod rt;
 pub mod serial;
 pub mod start_info;
 pub mod time;
+pub mod tls;
 pub mod trap;
 
 /// The I/O port of QEMU's `isa-debug-exit` device

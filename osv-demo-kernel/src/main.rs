@@ -24,6 +24,7 @@ mod net;
 mod sched_tests;
 mod tests;
 mod threads;
+mod tls;
 mod virtio;
 mod virtiofs;
 mod zfs;

@@ -225,7 +225,10 @@ pub fn with_kernel<R>(f: impl FnOnce(&mut Space) -> R) -> R {
         if let Some(r) = r {
             return r;
         }
-        serve_shootdown(osv_boot::rt::smp::cpu_index());
+        // Interrupts off: a preempted thread can be moved to another CPU
+        // (the load balancer), and must not serve the request of the CPU
+        // it read the index on.
+        osv_boot::arch::without_interrupts(|| serve_shootdown(osv_boot::rt::smp::cpu_index()));
         core::hint::spin_loop();
     }
 }

@@ -26,6 +26,8 @@ pub static ALL: &[Test] = &[
     Test { name: "sched::smp_all_cpus_online", run: all_cpus_online },
     Test { name: "sched::smp_mutex_condvar_ping_pong_across_cpus", run: smp_ping_pong },
     Test { name: "sched::smp_threads_spread_across_cpus", run: spread },
+    Test { name: "sched::smp_balancer_moves_queued_threads_to_idle_cpus", run: balancer_spreads },
+    Test { name: "sched::smp_balanced_system_migrates_nothing", run: balanced_no_moves },
     Test { name: "sched::smp_idle_cpus_take_no_timer_interrupts", run: idle_cpus_tickless },
     Test { name: "sched::smp_cross_cpu_wakeup_latency_and_ipis", run: cross_cpu_wakeup },
 ];
@@ -158,6 +160,170 @@ fn spread(boot: &'static BootInfo) -> Outcome {
     for &c in &list {
         check!(counts[c] > 0, "CPU {c} ran none of the load: {counts:?}");
     }
+    Ok(())
+}
+
+/// Balancer moves (queued threads pushed to another CPU) so far, per CPU.
+fn pushes_per_cpu() -> Vec<u64> {
+    (0..threads::MAX_CPUS).map(threads::balancer_pushes).collect()
+}
+
+/// Sleeps in 1 ms steps until `done()` or `limit` has passed; the time it
+/// took, or `None`.
+fn wait_for(limit: Nanos, mut done: impl FnMut() -> bool) -> Option<Nanos> {
+    let t0 = threads::now();
+    loop {
+        if done() {
+            return Some(threads::now() - t0);
+        }
+        if threads::now() - t0 > limit {
+            return None;
+        }
+        threads::sleep(Nanos::from_millis(1));
+    }
+}
+
+/// CPU-bound threads that record every CPU they run on (bit masks) until
+/// `stop`.
+fn spinners(n: usize, name: &str, stop: &Arc<AtomicBool>) -> (Vec<threads::JoinHandle>, Arc<Vec<AtomicU64>>) {
+    let ran_on: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let hs = (0..n)
+        .map(|i| {
+            let (stop, ran_on) = (stop.clone(), ran_on.clone());
+            threads::spawn(&format!("{name}-{i}"), move || {
+                while !stop.load(Ordering::Acquire) {
+                    ran_on[i].fetch_or(1 << threads::cpu_index(), Ordering::Relaxed);
+                    spin_until(threads::now() + Nanos::from_micros(5));
+                }
+            })
+        })
+        .collect();
+    (hs, ran_on)
+}
+
+/// Threads started on CPU 0 while every other CPU is busier (so placement
+/// keeps them on CPU 0) are spread by the balancer once the others go idle:
+/// placement never moves a runnable thread, only the balancer's pushes do.
+fn balancer_spreads(boot: &'static BootInfo) -> Outcome {
+    let n = smp_cpus(boot)?;
+    let list = online_list();
+    // Pinned spinners: each other CPU carries more threads than CPU 0 will
+    // (the workers and main).
+    let hold = Arc::new(AtomicBool::new(true));
+    let blockers: Vec<_> = list
+        .iter()
+        .filter(|&&c| c != 0)
+        .flat_map(|&c| (0..n + 2).map(move |k| (c, k)))
+        .map(|(c, k)| {
+            let hold = hold.clone();
+            threads::spawn_with(Builder::new(&format!("busy-{c}-{k}")).pin(c), move || {
+                while hold.load(Ordering::Acquire) {
+                    core::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (workers, ran_on) = spinners(n, "queued", &stop);
+    let start: Vec<usize> = workers.iter().map(|w| w.thread().cpu()).collect();
+    let p0 = pushes_per_cpu();
+    hold.store(false, Ordering::Release);
+    for b in blockers {
+        b.join();
+    }
+    // Main sleeps meanwhile: CPU 0 keeps only the workers' load.
+    let distinct = |w: &[threads::JoinHandle]| {
+        let mut c: Vec<usize> = w.iter().map(|w| w.thread().cpu()).collect();
+        c.sort_unstable();
+        c.dedup();
+        c.len()
+    };
+    let took = wait_for(Nanos::from_millis(5000), || distinct(&workers) == n);
+    let placed: Vec<usize> = workers.iter().map(|w| w.thread().cpu()).collect();
+    // A pushed thread is on its way until its new CPU runs it: wait until
+    // each worker has run where it was put (after that, none records an
+    // index read before its move). The limits only absorb host stalls of
+    // the emulated CPUs; a thread lost in a ring or on a halted CPU fails.
+    let arrived = wait_for(Nanos::from_millis(2000), || {
+        placed.iter().zip(ran_on.iter()).all(|(&c, m)| m.load(Ordering::Relaxed) & (1 << c) != 0)
+    });
+    let snapshot: Vec<u64> = ran_on.iter().map(|m| m.swap(0, Ordering::Relaxed)).collect();
+    // From now on each records only the CPU it stays on.
+    let ran = wait_for(Nanos::from_millis(2000), || ran_on.iter().all(|m| m.load(Ordering::Relaxed) != 0));
+    threads::sleep(Nanos::from_millis(10));
+    let placed_after: Vec<usize> = workers.iter().map(|w| w.thread().cpu()).collect();
+    stop.store(true, Ordering::Release);
+    for w in workers {
+        w.join();
+    }
+    let recent: Vec<u64> = ran_on.iter().map(|m| m.load(Ordering::Relaxed)).collect();
+    let p1 = pushes_per_cpu();
+    let moves: Vec<u64> = list.iter().map(|&c| p1[c] - p0[c]).collect();
+    let total: u64 = moves.iter().sum();
+    println!(
+        "  {n} workers started on CPUs {start:?} (others busy); after the others went idle: on CPUs {placed:?} {}, balancer moves per CPU {moves:?} ({total} in all); CPUs each ran on (bit masks) until all had arrived {snapshot:x?}, after that {recent:x?}",
+        took.map_or_else(|| "(not spread within 5 s)".into(), |t| format!("after {} ms", t.0 / 1_000_000))
+    );
+    check!(start.iter().all(|&c| c == 0), "the workers did not all start on CPU 0: {start:?}");
+    check!(took.is_some(), "the workers did not spread over the {n} CPUs in 5 s: on {placed:?}");
+    check!(
+        placed_after == placed,
+        "a worker moved again on a balanced system: {placed:?} -> {placed_after:?}"
+    );
+    check!(total >= (n - 1) as u64, "{total} balancer moves; spreading needs at least {}", n - 1);
+    check!(
+        arrived.is_some(),
+        "a moved worker did not run on its new CPU in 2 s: {placed:?}, ran on {snapshot:x?}"
+    );
+    check!(ran.is_some(), "a worker did not run in 2 s after arriving: ran on {recent:x?}");
+    for (i, &c) in placed.iter().enumerate() {
+        check!(recent[i] == 1 << c, "worker {i} (on CPU {c}) then ran on CPUs {:#x}", recent[i]);
+    }
+    Ok(())
+}
+
+/// A balanced system (two CPU-bound threads per CPU, as placement puts
+/// them) sees no balancer move over 100 ms, though every CPU queues a
+/// thread and so reaches the balancer at each preemption.
+fn balanced_no_moves(boot: &'static BootInfo) -> Outcome {
+    let n = smp_cpus(boot)?;
+    let list = online_list();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (hs, _) = spinners(2 * n, "even", &stop);
+    let per_cpu = |hs: &[threads::JoinHandle]| {
+        let mut c = [0usize; threads::MAX_CPUS];
+        for h in hs {
+            c[h.thread().cpu()] += 1;
+        }
+        c
+    };
+    let balanced = |hs: &[threads::JoinHandle]| {
+        let c = per_cpu(hs);
+        let on: Vec<usize> = list.iter().map(|&i| c[i]).collect();
+        on.iter().max().unwrap_or(&0) - on.iter().min().unwrap_or(&0) <= 1
+    };
+    let settled = wait_for(Nanos::from_millis(2000), || balanced(&hs));
+    let before: Vec<usize> = hs.iter().map(|h| h.thread().cpu()).collect();
+    let p0 = pushes_per_cpu();
+    let m0 = threads::migrations();
+    let t0 = threads::now();
+    threads::sleep(Nanos::from_millis(100));
+    let ms = (threads::now() - t0).0 / 1_000_000;
+    let p1 = pushes_per_cpu();
+    let placements = threads::migrations() - m0;
+    let after: Vec<usize> = hs.iter().map(|h| h.thread().cpu()).collect();
+    stop.store(true, Ordering::Release);
+    for h in hs {
+        h.join();
+    }
+    let moves: Vec<u64> = list.iter().map(|&c| p1[c] - p0[c]).collect();
+    println!(
+        "  {} CPU-bound threads on CPUs {before:?}: balancer moves per CPU over {ms} ms {moves:?}, {placements} placements elsewhere",
+        2 * n
+    );
+    check!(settled.is_some(), "not balanced after 2 s: threads on CPUs {before:?}");
+    check!(moves.iter().all(|&m| m == 0), "a balanced system migrated threads: {moves:?}");
+    check!(before == after, "threads moved: {before:?} -> {after:?}");
     Ok(())
 }
 

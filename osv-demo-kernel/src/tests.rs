@@ -19,6 +19,7 @@ pub static SUITES: &[&[Test]] = &[
     crate::mm::ALL,
     crate::zfs::ALL,
     crate::sched_tests::ALL,
+    crate::tls::ALL,
     crate::blk_bench::ALL,
     crate::net::ALL,
     crate::virtiofs::ALL,

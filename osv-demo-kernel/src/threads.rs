@@ -20,12 +20,17 @@
 //! timer and idle thread. A thread belongs to one CPU (`Thread::cpu`); a
 //! wakeup from another CPU goes through osv-sched's lock-free
 //! (source, destination) rings, with a wakeup IPI only when the crate says
-//! `Ipi::Needed`. Placement and balancing (documented on [`queue_woken`]):
-//! a thread that is started, or woken while fully off its CPU, goes to its
-//! own CPU unless that one is busy and another online CPU is less loaded;
-//! a running or runnable thread is never moved (no cross-CPU run-queue
-//! access, so each run queue keeps "interrupts off on its own CPU" as its
-//! only lock). [`Builder::pin`] fixes a thread to one CPU.
+//! `Ipi::Needed`. Placement (documented on [`place`]): a thread that is
+//! started, or woken while fully off its CPU, goes to its own CPU unless
+//! that one is busy and another online CPU is less loaded. Balancing
+//! (documented on [`push_one`]): at its scheduling points a CPU with queued
+//! threads pushes one, through the same rings, to a CPU that osv-sched's
+//! `Balancer` says is less loaded for long enough; idle CPUs do nothing to
+//! balance (tickless). No CPU ever touches another's run queue, so each
+//! keeps "interrupts off on its own CPU" as its only lock. A running thread
+//! never moves; a queued one may, so per-CPU state used across a scheduling
+//! point needs interrupts off or a raised preempt count.
+//! [`Builder::pin`] fixes a thread to one CPU.
 //!
 //! Locking: a CPU's scheduler state is touched only on that CPU with
 //! interrupts off. Preemption: the timer interrupt reschedules before it
@@ -45,8 +50,9 @@ use osv_boot::rt::context::{self, Context};
 use osv_boot::rt::timer::{OneShot, TimerMode};
 use osv_boot::trap::TrapFrame;
 use osv_boot::{arch, println, BootInfo};
+use osv_sched::balance::{BalanceParams, Balancer, CpuLoad, LoadAvg};
 use osv_sched::cpu::CpuSched;
-use osv_sched::fair::{FairParams, Runtime, Weight};
+use osv_sched::fair::{ExportedRuntime, FairParams, Runtime, Weight};
 use osv_sched::hal::{ContextSwitch, OneShotTimer};
 use osv_sched::park::{Park, Unpark};
 use osv_sched::rcu::{DeferQueue, GracePeriod, Rcu, ReadGuard, Retired};
@@ -91,6 +97,12 @@ const RING_CAP: usize = 64;
 pub const SCHED_TIMER_VECTOR: u8 = 0x30;
 /// The cross-CPU wakeup IPI.
 pub const WAKEUP_VECTOR: u8 = 0x31;
+/// Time constant of each CPU's decayed load (how long an imbalance must
+/// last before the balancer acts on it).
+const LOAD_TAU: Nanos = Nanos::from_millis(10);
+/// osv-sched's balancing policy (half a thread of lasting imbalance, its
+/// default).
+const BALANCER: Balancer = Balancer::new(BalanceParams { min_avg_imbalance: 1 << 15 });
 /// Bytes of each of a CPU's exception IST stacks (IST1-3).
 const IST_SIZE: usize = 32 * 1024;
 /// Bytes of a thread's stack, and of its interrupt stack.
@@ -116,6 +128,8 @@ pub struct Thread {
     /// an overflow is reported as a stack overflow of this thread.
     _stack: Option<GuardedStack>,
     _irq_stack: Option<GuardedStack>,
+    /// Its thread-local storage; the context carries its thread pointer.
+    tls: crate::tls::TlsBlock,
     entry: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
     done: AtomicBool,
     /// Set by the CPU once a terminated thread's context is no longer used.
@@ -131,6 +145,15 @@ pub struct Thread {
     /// A timer of `cpu`'s list may hold the thread (`sleep_until`): it
     /// stays on `cpu` until the timer is cancelled.
     timer_pending: AtomicBool,
+    /// `runtime` in osv-sched's CPU-independent form
+    /// (`Fair::export`), set when the thread leaves a CPU's run queue
+    /// (blocks, or is pushed by the balancer); `scale_cpu` is the CPU whose
+    /// scale `runtime` is in (`u32::MAX`: none). A thread that arrives on
+    /// another CPU is imported there (`CpuSched::migrate_in`) instead of
+    /// being woken with a foreign runtime. Written by the CPU the thread
+    /// leaves, read by the one it arrives on (ordered by the wakeup ring).
+    exported: UnsafeCell<Option<ExportedRuntime>>,
+    scale_cpu: AtomicU32,
 }
 
 // SAFETY: the `UnsafeCell` fields are touched only under the rules written
@@ -150,9 +173,13 @@ impl Thread {
         } else {
             (None, None, osv_boot::rt::boot_irq_stack_top())
         };
+        let tls = crate::tls::TlsBlock::new().ok_or(StackError::OutOfMemory)?;
+        let mut ctx = Context::default();
+        // SAFETY: the block lives in the thread record, as long as the thread.
+        unsafe { ctx.set_thread_pointer(tls.thread_pointer()) };
         Ok(Box::new(Thread {
             name: name.into(),
-            ctx: UnsafeCell::new(Context::default()),
+            ctx: UnsafeCell::new(ctx),
             parker: Parker::new(),
             runtime: UnsafeCell::new(Runtime::new(weight)),
             cpu_ns: AtomicU64::new(0),
@@ -162,6 +189,7 @@ impl Thread {
             irq_top,
             _stack: stack,
             _irq_stack: irq_stack,
+            tls,
             entry: UnsafeCell::new(None),
             done: AtomicBool::new(false),
             off_cpu: AtomicBool::new(false),
@@ -170,7 +198,22 @@ impl Thread {
             pinned: pin.is_some(),
             on_cpu: AtomicBool::new(false),
             timer_pending: AtomicBool::new(false),
+            exported: UnsafeCell::new(None),
+            scale_cpu: AtomicU32::new(u32::MAX),
         }))
+    }
+
+    /// Makes the thread start at `entry(arg)` on its stack when first
+    /// switched to, with its own thread pointer.
+    ///
+    /// # Safety
+    /// The thread is not running and not shared yet.
+    unsafe fn start_at(&self, entry: extern "C" fn(usize) -> !, arg: usize) {
+        let mut c = X86Switch::init(self.stack_top(), entry, arg);
+        // SAFETY: the block lives as long as the thread.
+        unsafe { c.set_thread_pointer(self.tls.thread_pointer()) };
+        // SAFETY: the caller's contract: nobody else touches the context.
+        unsafe { *self.ctx.get() = c };
     }
 
     fn stack_top(&self) -> usize {
@@ -246,6 +289,14 @@ struct Cpu {
     load: AtomicU32,
     ipis_sent: AtomicU64,
     ipis_received: AtomicU64,
+    /// Runnable threads (queued and running) at this CPU's last scheduling
+    /// point, and the decayed average the balancer reads (0 while idle).
+    runnable: AtomicU32,
+    avg: AtomicU64,
+    /// This CPU's decayed load; touched only here, interrupts off.
+    load_avg: UnsafeCell<LoadAvg>,
+    /// Queued threads this CPU handed to another CPU ([`push_one`]).
+    pushed: AtomicU64,
     armed: UnsafeCell<Option<Instant>>,
     current: AtomicPtr<Thread>,
     idle: AtomicPtr<Thread>,
@@ -270,7 +321,8 @@ struct Sched {
     cpus: [Cpu; MAX_CPUS],
     wakeups: WakeupMatrix<MAX_CPUS, RING_CAP>,
     clock: osv_boot::time::TscClock,
-    /// Thread placements that chose another CPU than the thread's own.
+    /// Thread placements that chose another CPU than the thread's own (the
+    /// balancer's moves are counted per CPU, `Cpu::pushed`).
     migrations: AtomicU64,
 }
 
@@ -301,7 +353,8 @@ fn this_cpu() -> &'static Cpu {
 }
 
 /// The index of the CPU this runs on (stable only while the caller cannot
-/// migrate; a thread can only migrate while blocked, see [`queue_woken`]).
+/// migrate: with interrupts off or preemption disabled; otherwise a
+/// preempted thread may be moved by the balancer, see [`push_one`]).
 pub fn cpu_index() -> usize {
     osv_boot::rt::smp::cpu_index()
 }
@@ -342,6 +395,10 @@ fn new_cpu(i: usize, t0: Instant) -> Cpu {
         load: AtomicU32::new(0),
         ipis_sent: AtomicU64::new(0),
         ipis_received: AtomicU64::new(0),
+        runnable: AtomicU32::new(0),
+        avg: AtomicU64::new(0),
+        load_avg: UnsafeCell::new(LoadAvg::new(LOAD_TAU, t0)),
+        pushed: AtomicU64::new(0),
         armed: UnsafeCell::new(None),
         current: AtomicPtr::new(core::ptr::null_mut()),
         idle: AtomicPtr::new(core::ptr::null_mut()),
@@ -372,8 +429,14 @@ pub fn init() -> Result<TimerMode, &'static str> {
     }
     let clock = osv_boot::rt::clock();
     let t0 = Instant(clock.ticks_to_ns(arch::rdtsc()));
+    osv_boot::rt::tls::layout()
+        .map_err(|_| "the kernel's TLS segment is not laid out as x86-64 variant II")?;
     let mut main =
         Thread::new("main", Weight::NORMAL, false, Some(0)).map_err(|_| "no memory for the main thread")?;
+    // main is running: its thread pointer goes into FS now (later switches
+    // load it from its context).
+    // SAFETY: main's block lives as long as main (never freed).
+    unsafe { osv_boot::rt::tls::set_thread_pointer(main.tls.thread_pointer()) };
     // main's interrupt stack, and the boot CPU's exception stacks, above
     // guard pages (osv-boot's static boot stacks have none).
     let irq =
@@ -387,10 +450,7 @@ pub fn init() -> Result<TimerMode, &'static str> {
             .map_err(|_| "no memory for the idle thread's stacks")?,
     );
     // SAFETY: just allocated, not shared yet.
-    unsafe {
-        let top = (*idle).stack_top();
-        *(*idle).ctx.get() = X86Switch::init(top, idle_entry, 0);
-    }
+    unsafe { (*idle).start_at(idle_entry, 0) };
     arch::without_interrupts(|| {
         SCHED.call_once(|| Sched {
             cpus: core::array::from_fn(|i| new_cpu(i, t0)),
@@ -525,6 +585,8 @@ extern "C" fn ap_entry(index: usize) -> ! {
     let cpu = &sched().cpus[index];
     let idle = cpu.idle.load(Ordering::Relaxed);
     osv_boot::rt::smp::set_cpu_word(idle as u64);
+    // SAFETY: the idle thread (and its TLS block) lives for the kernel's life.
+    unsafe { osv_boot::rt::tls::set_thread_pointer((*idle).tls.thread_pointer()) };
     // SAFETY: this CPU's state, interrupts off, before it is online.
     unsafe { *cpu.timer.get() = OneShot::new(SCHED_TIMER_VECTOR) };
     // SAFETY: the idle thread is live for the kernel's life.
@@ -569,7 +631,11 @@ enum Kind {
     Yield,
 }
 
-/// Drains this CPU's incoming wakeups, decides, arms the timer and switches.
+/// Drains this CPU's incoming wakeups, decides, balances, arms the timer
+/// and switches. When it returns, the caller may run on another CPU than
+/// `cpu` (a runnable thread with preemption enabled can be moved by the
+/// balancer while queued): callers that go on using per-CPU state raise the
+/// preempt count around the call, which keeps them here ([`push_one`]).
 ///
 /// # Safety
 /// Interrupts are off; `cpu` is this CPU.
@@ -592,9 +658,17 @@ unsafe fn reschedule(cpu: &'static Cpu, kind: Kind) {
             cpu.load.fetch_sub(1, Ordering::Relaxed);
         } else {
             t.parker.state().set_queued();
-            // SAFETY: the thread is off the CPU; its runtime is ours to use.
-            let rt = unsafe { *t.runtime.get() };
-            let _ = s.wake(now, rt, id);
+            // SAFETY: the thread is off every CPU and was handed to this one
+            // (the ring orders the writes of the CPU it left before these
+            // reads); its runtime is ours to use.
+            let (rt, exported) = unsafe { (*t.runtime.get(), (*t.exported.get()).take()) };
+            let _ = match exported {
+                Some(e) if t.scale_cpu.load(Ordering::Relaxed) != cpu.id.index() as u32 => {
+                    s.migrate_in(now, e, id)
+                }
+                _ => s.wake(now, rt, id),
+            };
+            t.scale_cpu.store(cpu.id.index() as u32, Ordering::Relaxed);
         }
     });
     let blocked = !core::ptr::eq(cur_ptr, idle_ptr) && cur.parker.state().state() != State::Running;
@@ -606,12 +680,21 @@ unsafe fn reschedule(cpu: &'static Cpu, kind: Kind) {
         rcu_leave_idle(cpu);
         rcu().quiescent(cpu.id);
     }
+    // Before the decision, which then sets the preemption deadline for the
+    // queue as the balancer left it.
+    balance(cpu, s, now, blocked);
     let r = if kind == Kind::Yield && !blocked { s.yield_now(now) } else { s.reschedule(now, blocked) };
     if let Some((rt, id)) = r.blocked {
+        let t = thread(id);
         // SAFETY: the thread is leaving the CPU; only this CPU touches it.
-        unsafe { *thread(id).runtime.get() = rt };
+        unsafe {
+            *t.runtime.get() = rt;
+            *t.exported.get() = Some(s.fair().export(rt));
+        }
+        t.scale_cpu.store(cpu.id.index() as u32, Ordering::Relaxed);
         cpu.load.fetch_sub(1, Ordering::Relaxed);
     }
+    publish_load(cpu, s);
     sc.wakeups.set_running(cpu.id, s.published_runtime());
     // SAFETY: this CPU's timer state, interrupts off.
     let armed = unsafe { &mut *cpu.armed.get() };
@@ -625,6 +708,138 @@ unsafe fn reschedule(cpu: &'static Cpu, kind: Kind) {
         // SAFETY: interrupts off; `next` is live and not running anywhere.
         unsafe { switch_to(cpu, cur, &*next_ptr) };
     }
+}
+
+/// Load balancing at a scheduling point, before the decision: folds the
+/// runnable count since the last one into this CPU's decayed load and lets
+/// [`push_one`] hand a queued thread to a less loaded CPU. `blocked`: the
+/// running thread is leaving (not counted).
+///
+/// Idle CPUs never run this on their own (they stay tickless): a busy CPU,
+/// which has its preemption timer armed anyway while it queues threads,
+/// pushes to them.
+fn balance(cpu: &Cpu, s: &mut CpuSched<ThreadId>, now: Instant, blocked: bool) {
+    // SAFETY: this CPU's state, interrupts off (reschedule's contract).
+    let la = unsafe { &mut *cpu.load_avg.get() };
+    la.update(now, cpu.runnable.load(Ordering::Relaxed));
+    if s.queued() > 0 {
+        let mut mine = s.load(la.get());
+        mine.runnable -= u32::from(blocked && s.current().is_some());
+        push_one(cpu, s, now, mine);
+    }
+}
+
+/// Publishes this CPU's load for the other CPUs' balancing (after the
+/// decision). An idle CPU publishes an average of 0: it halts without
+/// updating it, and a busy CPU should hand it work at once (the average's
+/// hysteresis is for the source's bursts).
+fn publish_load(cpu: &Cpu, s: &CpuSched<ThreadId>) {
+    // SAFETY: this CPU's state, interrupts off (reschedule's contract).
+    let avg = unsafe { &*cpu.load_avg.get() }.get();
+    let runnable = s.load(avg).runnable;
+    cpu.runnable.store(runnable, Ordering::Relaxed);
+    cpu.avg.store(if runnable == 0 { 0 } else { avg }, Ordering::Relaxed);
+}
+
+/// Whether the balancer may move thread `t`, queued on this CPU (see
+/// [`push_one`]).
+fn movable(t: &Thread) -> bool {
+    !t.pinned
+        && !t.timer_pending.load(Ordering::Acquire)
+        && t.preempt.load(Ordering::Relaxed) == 0
+        && !t.on_cpu.load(Ordering::Acquire)
+}
+
+/// The push side of osv-sched's [`Balancer`]: if the policy says this
+/// CPU's imbalance against the least loaded CPU is worth a move and has
+/// lasted, the queued thread that would run last here leaves through the
+/// (this CPU, destination) wakeup ring with its runtime exported
+/// (`CpuSched::migrate_out`, imported by the destination's drain), and the
+/// destination gets the wakeup IPI if it is idle or runs something.
+///
+/// Why this is safe with "interrupts off on the owning CPU" as the only
+/// lock: only this CPU touches its run queue, and it is the only producer of
+/// its (source, destination) rings (every push to them happens on it with
+/// interrupts off). A queued thread is fully off the CPU: its context was
+/// saved by the switch that queued it (`on_cpu` is checked anyway). It does
+/// not move if it is pinned, if this CPU's timer list may hold it
+/// (`timer_pending`), or if its preempt count is raised: it was switched
+/// out inside a section that uses this CPU's state across a scheduling
+/// point (a wait's `prepare_wait`, the full-ring paths of [`queue_woken`]
+/// and [`on_timer`]); such a thread is put back. Other CPUs' loads are
+/// their exact thread counts (`Cpu::load`, which a push or placement
+/// updates at once, so two pushes never see the same stale idle CPU) with
+/// their published averages; the policy's rule 1 then forbids ping-pong.
+fn push_one(cpu: &Cpu, s: &mut CpuSched<ThreadId>, now: Instant, mine: CpuLoad) {
+    let sc = sched();
+    let mut loads: [CpuLoad; MAX_CPUS] = core::array::from_fn(|i| {
+        let c = &sc.cpus[i];
+        if c.online.load(Ordering::Acquire) {
+            CpuLoad { runnable: c.load.load(Ordering::Relaxed), avg: c.avg.load(Ordering::Relaxed) }
+        } else {
+            // Never a destination.
+            CpuLoad { runnable: u32::MAX / 2, avg: u64::MAX / 2 }
+        }
+    });
+    loads[cpu.id.index()] = mine;
+    let Some(dst) = BALANCER.push(cpu.id, &loads) else { return };
+    // No churn on queues of pinned (or otherwise held) threads: look first.
+    if !s.queue().iter().any(|(_, &id)| movable(thread(id))) {
+        return;
+    }
+    // Take queued threads from the end (those that would run last here)
+    // until a movable one; put the others back (the decision that follows
+    // sets the preemption deadline for the final queue).
+    let mut held: [Option<(ExportedRuntime, ThreadId)>; 4] = [None; 4];
+    let mut found = None;
+    for slot in &mut held {
+        let Some((e, id)) = s.migrate_out(now) else { break };
+        if movable(thread(id)) {
+            found = Some((e, id));
+            break;
+        }
+        *slot = Some((e, id));
+    }
+    for (e, id) in held.into_iter().flatten() {
+        let _ = s.migrate_in(now, e, id);
+    }
+    let Some((e, id)) = found else { return };
+    let t = thread(id);
+    // SAFETY: the thread is queued here (off the CPU, context saved): this
+    // CPU owns it until the ring hands it over.
+    unsafe { *t.exported.get() = Some(e) };
+    t.scale_cpu.store(u32::MAX, Ordering::Relaxed);
+    t.cpu.store(dst.index() as u32, Ordering::Relaxed);
+    // Runtime 0 for the IPI decision: the destination must look at its
+    // rings now, whatever it runs (a lone thread there arms no timer).
+    // Counted on the destination before it can see the thread (and count
+    // it down when it blocks there).
+    sc.cpus[dst.index()].load.fetch_add(1, Ordering::Relaxed);
+    match sc.wakeups.wake(cpu.id, dst, id, 0u64) {
+        Ok(ipi) => {
+            cpu.load.fetch_sub(1, Ordering::Relaxed);
+            cpu.pushed.fetch_add(1, Ordering::Relaxed);
+            if ipi == Ipi::Needed {
+                send_wakeup_ipi(cpu, &sc.cpus[dst.index()]);
+            }
+        }
+        Err(_) => {
+            // The ring is full: keep the thread.
+            sc.cpus[dst.index()].load.fetch_sub(1, Ordering::Relaxed);
+            t.cpu.store(cpu.id.index() as u32, Ordering::Relaxed);
+            // SAFETY: as above.
+            let e = unsafe { (*t.exported.get()).take() };
+            if let Some(e) = e {
+                let _ = s.migrate_in(now, e, id);
+            }
+            t.scale_cpu.store(cpu.id.index() as u32, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Queued threads the balancer moved off CPU `i` so far.
+pub fn balancer_pushes(i: usize) -> u64 {
+    SCHED.get().and_then(|s| s.cpus.get(i)).map_or(0, |c| c.pushed.load(Ordering::Relaxed))
 }
 
 /// # Safety
@@ -654,7 +869,9 @@ unsafe fn switch_to(cpu: &'static Cpu, prev: &Thread, next: &Thread) {
     // made by `init`; `prev` stays alive until resumed (or until its joiner
     // sees `off_cpu`, set only after this switch completed).
     unsafe { X86Switch::switch(&mut *prev.ctx.get(), &*next.ctx.get()) };
-    after_switch(cpu);
+    // `prev` resumes here, possibly on another CPU than `cpu` (the balancer
+    // moves queued threads): the switch that resumed it is this CPU's.
+    after_switch(this_cpu());
 }
 
 /// Leaves RCU's idle state if this CPU is in it (interrupts off).
@@ -857,8 +1074,8 @@ pub fn try_spawn_with(b: Builder<'_>, f: impl FnOnce() + Send + 'static) -> Resu
     let ptr = Box::into_raw(t);
     // SAFETY: just leaked; freed only by `join`.
     let t = unsafe { &*ptr };
-    // SAFETY: the thread owns its stack for its whole life.
-    unsafe { *t.ctx.get() = X86Switch::init(t.stack_top(), thread_entry, ptr as usize) };
+    // SAFETY: the thread owns its stack for its whole life; not running yet.
+    unsafe { t.start_at(thread_entry, ptr as usize) };
     t.parker.state().prepare_wait();
     let claimed = t.parker.state().wake();
     debug_assert!(claimed);
@@ -975,8 +1192,13 @@ fn queue_woken(t: &Thread) {
                     // A full ring: make its CPU drain it, then retry.
                     id = back;
                     if dst == cpu.id {
+                        // The raised count keeps this thread on `cpu` if the
+                        // drain queues it (see `push_one`).
+                        let me = current();
+                        me.preempt.fetch_add(1, Ordering::Relaxed);
                         // SAFETY: interrupts off.
                         unsafe { reschedule(cpu, Kind::Preempt) };
+                        me.preempt.fetch_sub(1, Ordering::Relaxed);
                     } else {
                         send_wakeup_ipi(cpu, &sched().cpus[dst.index()]);
                         core::hint::spin_loop();
@@ -1108,9 +1330,14 @@ fn on_timer(_frame: &mut TrapFrame) {
             let dst = cpu.id;
             cpu.load.fetch_add(1, Ordering::Relaxed);
             if sched().wakeups.wake(cpu.id, dst, id, rtt).is_err() {
-                // A full ring: drain it first, then the push succeeds.
+                // A full ring: drain it first, then the push succeeds. The
+                // raised count keeps the interrupted thread on this CPU if
+                // it is queued meanwhile (the loop goes on with `cpu`).
+                let me = current();
+                me.preempt.fetch_add(1, Ordering::Relaxed);
                 // SAFETY: interrupts off.
                 unsafe { reschedule(cpu, Kind::Preempt) };
+                me.preempt.fetch_sub(1, Ordering::Relaxed);
                 let _ = sched().wakeups.wake(cpu.id, dst, id, rtt);
             }
         }

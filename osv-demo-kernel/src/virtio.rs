@@ -441,13 +441,19 @@ pub struct Line {
 impl Line {
     /// Runs `f` (which may read the slot's waiter and unpark it) as a
     /// waker [`IrqWait::done`] waits for. Interrupts must be off.
+    ///
+    /// Preemption is off inside: an unpark that wants the woken thread to
+    /// run here switches only after the count drops (at `preempt_enable`),
+    /// so the woken thread never spins in `done` on a waker it displaced.
     fn as_waker<R>(&self, f: impl FnOnce() -> R) -> R {
+        crate::threads::preempt_disable();
         self.waking.fetch_add(1, Ordering::SeqCst);
         // Dekker-style with `IrqWait::done`: our count, then its slot; its
         // slot, then our count. One of the two sees the other.
         core::sync::atomic::fence(Ordering::SeqCst);
         let r = f();
         self.waking.fetch_sub(1, Ordering::Release);
+        crate::threads::preempt_enable();
         r
     }
 }

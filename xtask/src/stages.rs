@@ -304,7 +304,7 @@ fn kernel_tests(elf: &Path, machine: Machine, plain: bool, sym: Option<&Symboliz
 fn kernel_tests_smp(elf: &Path, machine: Machine, cpus: u32, sym: Option<&Symbolizer>) -> StageResult {
     let mut b = Boot::new(elf, machine);
     b.smp = cpus;
-    b.append = format!("tests=sched::,mm:: cpus={cpus}");
+    b.append = format!("tests=sched::,mm::,tls:: cpus={cpus}");
     b.timeout = Duration::from_secs(240);
     let run = qemu::boot(&b, sym).map_err(|e| format!("starting QEMU: {e}"))?;
     match judge(run.status, run.timed_out, &run.lines) {

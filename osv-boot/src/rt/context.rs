@@ -6,18 +6,21 @@
 //! control bits and the x87 control word (8 bytes for both). The XMM
 //! registers are caller-saved, and a thread preempted by an interrupt has its
 //! full FPU/SSE state saved by the interrupt path (`fxsave64` in
-//! `osv_trap_common`), so there is no 512-byte save here.
+//! `osv_trap_common`), so there is no 512-byte save here. The thread
+//! pointer (`FS` base, thread-local storage) is switched eagerly.
 
 extern "C" {
     fn osv_context_switch(save_rsp: *mut u64, next_rsp: u64);
     fn osv_thread_trampoline();
 }
 
-/// The saved state of a thread that is not running: its stack pointer; the
-/// registers are on its stack.
+/// The saved state of a thread that is not running: its stack pointer (the
+/// registers are on its stack) and its thread pointer (the `FS` base, see
+/// [`tls`](super::tls); 0: none).
 #[derive(Debug, Default)]
 pub struct Context {
     rsp: u64,
+    fs_base: u64,
 }
 
 /// MXCSR at reset: all exceptions masked, round to nearest
@@ -74,7 +77,23 @@ impl Context {
         // SAFETY: the caller owns the stack; the 64 bytes at `rsp` lie
         // inside it (checked above) and are 16-byte aligned.
         unsafe { (rsp as *mut [u64; 8]).write(frame) };
-        Ok(Self { rsp: rsp as u64 })
+        Ok(Self { rsp: rsp as u64, fs_base: 0 })
+    }
+
+    /// The thread pointer the thread runs with (0: none).
+    pub fn thread_pointer(&self) -> u64 {
+        self.fs_base
+    }
+
+    /// Sets the thread pointer [`switch`] loads when it resumes this
+    /// context.
+    ///
+    /// # Safety
+    /// `tp` is 0 or a thread pointer from
+    /// [`tls::fill_block`](super::tls::fill_block) whose block lives as long
+    /// as the thread.
+    pub unsafe fn set_thread_pointer(&mut self, tp: u64) {
+        self.fs_base = tp;
     }
 }
 
@@ -88,6 +107,12 @@ impl Context {
 ///    its stack is alive, and no CPU is running it.
 /// 3. `from` stays valid (not moved or freed) until the thread is resumed.
 pub unsafe fn switch(from: &mut Context, to: &Context) {
+    // The thread pointer is eager: one `wrmsr` when the two threads differ
+    // (every thread with a TLS block does); nothing else of `FS` changes.
+    if from.fs_base != to.fs_base {
+        // SAFETY: `to.fs_base` came through `set_thread_pointer`'s contract.
+        unsafe { super::tls::set_thread_pointer(to.fs_base) };
+    }
     // SAFETY: the caller's contract; the assembly saves the callee-saved
     // registers on the current stack, stores rsp into `from`, and resumes
     // the stack `to` describes.

@@ -20,6 +20,7 @@ pub mod probe;
 pub mod smp;
 mod tables;
 pub mod timer;
+pub mod tls;
 pub mod trap;
 
 pub use console::{_print, force_unlock_console};
