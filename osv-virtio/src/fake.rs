@@ -1248,10 +1248,12 @@ pub fn fuzz_pci_probe(data: &[u8]) -> bool {
     let Some(bdf) = Bdf::new(0, 1, 0) else { return false };
     bus.add_virtio(bdf, 2, false, BAR);
     // Keep the vendor/device dword (so the probe gets past the ID check)
-    // and the BAR registers (so BAR 4 decodes); the rest is the input.
+    // and the BAR registers (the fake's BAR 4 decodes, BARs 0-3 read as
+    // unimplemented; a device's read-back masks are covered by the unit
+    // test `hostile_bar_masks_are_not_windows`); the rest is the input.
     for (i, chunk) in data.chunks(4).take(63).enumerate() {
         let off = 4 * (i + 1);
-        if (0x20..0x28).contains(&off) {
+        if (0x10..0x28).contains(&off) {
             continue;
         }
         let mut w = [0u8; 4];

@@ -415,6 +415,12 @@ fn decode_bar<C: PciConfig>(config: &C, bdf: Bdf, index: u8) -> Option<Bar> {
     if mask == 0 || size == 0 || base == 0 || base.checked_add(size).is_none() {
         return None; // unimplemented or unassigned
     }
+    // A BAR's size is a power of two and its base is aligned to it (PCI
+    // Local Bus 3.0 §6.2.5.1); a read-back mask that is not contiguous ones
+    // from the top is a broken or hostile device, not a window to trust.
+    if !size.is_power_of_two() || !base.is_multiple_of(size) {
+        return None;
+    }
     Some(Bar { base: PhysAddr::new(base), size, is_64bit })
 }
 
@@ -788,5 +794,55 @@ impl<M: Mmio> Transport for PciTransport<M> {
     fn write_config_u32(&mut self, offset: usize, value: u32) -> Result<(), TransportError> {
         self.device_cfg(offset, 4)?.write32(offset, value);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod bar_tests {
+    use super::*;
+    use core::cell::Cell;
+
+    /// One function whose BAR 0 answers sizing with `mask` and otherwise
+    /// reads as `base` (a device may answer anything).
+    struct OneBar {
+        base: u32,
+        mask: u32,
+        sizing: Cell<bool>,
+    }
+
+    impl PciConfig for OneBar {
+        fn read32(&self, _: Bdf, offset: u8) -> u32 {
+            match (offset, self.sizing.get()) {
+                (o, true) if o == cfg::BAR0 => self.mask,
+                (o, false) if o == cfg::BAR0 => self.base,
+                _ => 0,
+            }
+        }
+        fn write32(&self, _: Bdf, offset: u8, value: u32) {
+            if offset == cfg::BAR0 {
+                self.sizing.set(value == u32::MAX);
+            }
+        }
+    }
+
+    fn decode(base: u32, mask: u32) -> Option<Bar> {
+        let c = OneBar { base, mask, sizing: Cell::new(false) };
+        decode_bar(&c, Bdf::new(0, 1, 0).unwrap(), 0)
+    }
+
+    #[test]
+    fn hostile_bar_masks_are_not_windows() {
+        // A proper 64 KiB BAR decodes.
+        let b = decode(0xfeb0_0000, 0xffff_0000).expect("a 64 KiB BAR");
+        assert_eq!((b.base.as_u64(), b.size), (0xfeb0_0000, 0x1_0000));
+        // Non-contiguous read-back masks (the fuzzer's find: a size of
+        // 0xffd1_0000 that made a 4 GiB window out of a stray value).
+        assert!(decode(0x002f_0000, 0x002f_0000).is_none());
+        assert!(decode(0xfeb0_0000, 0xff0f_0000).is_none());
+        // A base not aligned to the size.
+        assert!(decode(0xfeb0_8000, 0xffff_0000).is_none());
+        // Unimplemented (all zeros) and unassigned (base 0).
+        assert!(decode(0, 0).is_none());
+        assert!(decode(0, 0xffff_0000).is_none());
     }
 }
